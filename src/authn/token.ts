@@ -1,0 +1,173 @@
+/**
+ * JIT tokens: compact JWS (EdDSA), header `typ: jit+jwt` and `kid`; claims iss, sub (sub-processor),
+ * aud (resource), jti (grant id), iat, nbf, exp (= grant expiry). A token alone never suffices:
+ * the data plane also loads the live grant named by `jti` on every request.
+ */
+import { SignJWT, jwtVerify, createLocalJWKSet, errors as joseErrors, type JWTPayload } from 'jose'
+import { TOKEN_ALG, type KeyRing } from './keys.js'
+import type { Grant } from '../grants/types.js'
+
+export const TOKEN_TYP = 'jit+jwt'
+
+/** The claims the data plane relies on, after verification. */
+export interface TokenClaims {
+  readonly sub: string
+  readonly jti: string
+  readonly aud: string
+  /** Epoch seconds. */
+  readonly exp: number
+  readonly nbf: number | undefined
+}
+
+export type TokenFailureCode = 'token_malformed' | 'token_invalid' | 'token_expired' | 'token_not_yet_valid'
+
+export type VerifyResult =
+  | { readonly ok: true; readonly claims: TokenClaims }
+  | { readonly ok: false; readonly code: TokenFailureCode; readonly detail: string }
+
+export interface TokenIssuer {
+  issue(grant: Grant): Promise<string>
+}
+
+export function createTokenIssuer(keys: KeyRing, issuer: string): TokenIssuer {
+  const header = Object.freeze({ alg: TOKEN_ALG, typ: TOKEN_TYP, kid: keys.signing.kid })
+  return {
+    issue(grant) {
+      return new SignJWT({})
+        .setProtectedHeader(header)
+        .setIssuer(issuer)
+        .setSubject(grant.subject)
+        .setAudience(grant.resource)
+        .setJti(grant.id)
+        .setIssuedAt(Math.floor(grant.createdAt / 1000))
+        .setNotBefore(Math.floor(grant.startsAt / 1000))
+        .setExpirationTime(Math.floor(grant.expiresAt / 1000))
+        .sign(keys.signing.key)
+    },
+  }
+}
+
+export interface TokenVerifierOptions {
+  readonly keys: KeyRing
+  readonly issuer: string
+  readonly clockToleranceS: number
+  /** Verified-token cache entries; 0 disables the cache. */
+  readonly cacheSize: number
+  readonly now?: () => number
+}
+
+export interface TokenVerifier {
+  /** Verifies a token for the resource it is presented to (its `aud`). Never throws. */
+  verify(token: string, audience: string): Promise<VerifyResult>
+}
+
+/** base64url segments of a compact JWS: header.payload.signature, nothing else. */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
+const MAX_TOKEN_LENGTH = 4096
+
+/**
+ * Verification pins the algorithm, `typ`, issuer and the required claims. Signature checks cost
+ * several hundred µs, so verified tokens are cached by their exact text (bounded, evicting the
+ * oldest); a cache hit re-checks time bounds and audience, which are cheap.
+ */
+export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
+  const jwks = createLocalJWKSet({ keys: opts.keys.jwks.keys.map((k) => ({ ...k })) })
+  const now = opts.now ?? Date.now
+  const toleranceMs = opts.clockToleranceS * 1000
+  const cache = new Map<string, TokenClaims>()
+  const verifyOptions = {
+    algorithms: [TOKEN_ALG],
+    typ: TOKEN_TYP,
+    issuer: opts.issuer,
+    clockTolerance: opts.clockToleranceS,
+    requiredClaims: ['exp', 'jti', 'sub', 'aud'],
+  }
+
+  function checkTimesAndAudience(claims: TokenClaims, audience: string, t: number): VerifyResult {
+    if (claims.exp * 1000 + toleranceMs <= t) return { ok: false, code: 'token_expired', detail: 'exp has passed' }
+    if (claims.nbf !== undefined && claims.nbf * 1000 - toleranceMs > t) {
+      return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached' }
+    }
+    if (claims.aud !== audience) return { ok: false, code: 'token_invalid', detail: 'audience does not match the resource' }
+    return { ok: true, claims }
+  }
+
+  return {
+    async verify(token, audience) {
+      const t = now()
+      const cached = cache.get(token)
+      if (cached) {
+        const r = checkTimesAndAudience(cached, audience, t)
+        if (!r.ok && r.code === 'token_expired') cache.delete(token)
+        return r
+      }
+      if (token.length > MAX_TOKEN_LENGTH || !COMPACT_JWS.test(token)) {
+        return { ok: false, code: 'token_malformed', detail: 'not a compact JWS' }
+      }
+      let payload: JWTPayload
+      try {
+        ;({ payload } = await jwtVerify(token, jwks, { ...verifyOptions, currentDate: new Date(t) }))
+      } catch (err) {
+        return mapJoseError(err)
+      }
+      const aud = payload.aud
+      if (typeof aud !== 'string' || typeof payload.sub !== 'string' || typeof payload.jti !== 'string') {
+        // A JIT token names exactly one resource; an audience array is not ours.
+        return { ok: false, code: 'token_invalid', detail: 'sub, jti and a single aud are required' }
+      }
+      const claims: TokenClaims = Object.freeze({
+        sub: payload.sub,
+        jti: payload.jti,
+        aud,
+        exp: payload.exp as number,
+        nbf: payload.nbf,
+      })
+      if (opts.cacheSize > 0) {
+        if (cache.size >= opts.cacheSize) cache.delete(cache.keys().next().value as string)
+        cache.set(token, claims)
+      }
+      return checkTimesAndAudience(claims, audience, t)
+    },
+  }
+}
+
+function mapJoseError(err: unknown): VerifyResult {
+  if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'token_expired', detail: 'exp has passed' }
+  if (err instanceof joseErrors.JWTClaimValidationFailed) {
+    if (err.claim === 'nbf') return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached' }
+    return { ok: false, code: 'token_invalid', detail: `${err.claim} check failed` }
+  }
+  if (err instanceof joseErrors.JWSInvalid || err instanceof joseErrors.JWTInvalid) {
+    return { ok: false, code: 'token_malformed', detail: 'not a well-formed JWT' }
+  }
+  if (err instanceof joseErrors.JOSEAlgNotAllowed) return { ok: false, code: 'token_invalid', detail: 'algorithm not allowed' }
+  if (err instanceof joseErrors.JWKSNoMatchingKey) return { ok: false, code: 'token_invalid', detail: 'unknown signing key' }
+  if (err instanceof joseErrors.JWKSMultipleMatchingKeys) return { ok: false, code: 'token_invalid', detail: 'ambiguous signing key' }
+  if (err instanceof joseErrors.JWSSignatureVerificationFailed) {
+    return { ok: false, code: 'token_invalid', detail: 'signature verification failed' }
+  }
+  return { ok: false, code: 'token_invalid', detail: 'verification failed' }
+}
+
+/**
+ * Extracts the bearer token from the request's raw headers (RFC 6750 §2.1). Only the
+ * Authorization header is accepted: query-string and form tokens leak into logs and caches.
+ * Node keeps only the first of duplicate Authorization headers, so the raw list is read to
+ * refuse two credentials outright.
+ */
+export function extractBearer(
+  rawHeaders: readonly string[],
+): { ok: true; token: string } | { ok: false; code: 'token_missing' | 'token_malformed' } {
+  let value: string | undefined
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string
+    if (name.length === 13 && name.toLowerCase() === 'authorization') {
+      if (value !== undefined) return { ok: false, code: 'token_malformed' }
+      value = rawHeaders[i + 1] as string
+    }
+  }
+  if (value === undefined || value.trim() === '') return { ok: false, code: 'token_missing' }
+  const m = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i.exec(value)
+  if (!m) return { ok: false, code: 'token_malformed' }
+  return { ok: true, token: m[1] as string }
+}

@@ -1,0 +1,240 @@
+/**
+ * The `jitgate` command line: `serve`, `grant issue|list|revoke`, `keys generate`, `policy check`.
+ * Errors are one clear message and a non-zero exit code, never a stack trace.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { writeFileSync } from 'node:fs'
+import { SourceError, formatIssues } from '../config/yaml-source.js'
+import { loadConfig, DEFAULT_CONFIG_FILE } from '../config/config.js'
+import { loadPolicy } from '../policy/policy.js'
+import { generateSigningKey, KeyError } from '../authn/keys.js'
+import { startGateway, StartupError } from '../gateway.js'
+import { formatDuration } from '../util/duration.js'
+
+const VERSION = '0.1.0'
+
+class UsageError extends Error {}
+
+interface Command {
+  readonly summary: string
+  readonly usage: string
+  readonly options: NonNullable<ParseArgsConfig['options']>
+  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<number>
+}
+
+const controlOptions = {
+  url: { type: 'string' },
+  json: { type: 'boolean' },
+} as const
+
+const COMMANDS: Record<string, Command> = {
+  serve: {
+    summary: 'Run the gateway (data plane and control plane).',
+    usage: `jitgate serve [--config FILE]
+
+  --config FILE   configuration file (default: ${DEFAULT_CONFIG_FILE})
+
+Environment: REDIS_URL (use Redis instead of the embedded memory store), JITGATE_ADMIN_TOKEN
+(operator API token), JITGATE_SIGNING_KEY_FILE, JITGATE_DATA_LISTEN, JITGATE_CONTROL_LISTEN,
+JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
+    options: { config: { type: 'string', short: 'c' } },
+    async run(values) {
+      const config = loadConfig(values.config ? { file: values.config as string } : {})
+      const gw = await startGateway({ config })
+      let signalled = false
+      const onSignal = (sig: string) => {
+        if (signalled) return
+        signalled = true
+        process.stderr.write(`jitgate: ${sig} received, draining\n`)
+        gw.stop().then(
+          () => process.exit(0),
+          () => process.exit(1),
+        )
+      }
+      process.on('SIGTERM', () => onSignal('SIGTERM'))
+      process.on('SIGINT', () => onSignal('SIGINT'))
+      return new Promise<number>(() => {})
+    },
+  },
+  'grant issue': {
+    summary: 'Issue a grant directly (operator) and print its token.',
+    usage: `jitgate grant issue --subject ID --resource ID --scope "METHODS PATH" [--scope ...] --ttl DURATION [--reason TEXT]
+
+  --subject ID      sub-processor id
+  --resource ID     resource id from policy
+  --scope PATTERN   e.g. "GET /crm/customers/**" (repeatable)
+  --ttl DURATION    e.g. 15m, 2h (at most the resource's max_ttl)
+  --reason TEXT     why (audited)
+  --url URL         control plane (default $JITGATE_CONTROL_URL or http://127.0.0.1:8081)
+  --json            print the whole grant as JSON instead of the token alone`,
+    options: {
+      ...controlOptions,
+      subject: { type: 'string' },
+      resource: { type: 'string' },
+      scope: { type: 'string', multiple: true },
+      ttl: { type: 'string' },
+      reason: { type: 'string' },
+    },
+    async run(v) {
+      for (const k of ['subject', 'resource', 'scope', 'ttl']) if (v[k] === undefined) throw new UsageError(`--${k} is required`)
+      const body = { subject: v.subject, resource: v.resource, scopes: v.scope, ttl: v.ttl, ...(v.reason ? { reason: v.reason } : {}) }
+      const res = await api(v, 'POST', '/v1/grants', body)
+      if (v.json) print(res)
+      else {
+        const g = res as { id: string; expires_at: string; token: string }
+        process.stderr.write(`grant ${g.id} expires ${g.expires_at}\n`)
+        process.stdout.write(`${g.token}\n`)
+      }
+      return 0
+    },
+  },
+  'grant list': {
+    summary: 'List active grants.',
+    usage: `jitgate grant list [--url URL] [--json]`,
+    options: { ...controlOptions },
+    async run(v) {
+      const res = (await api(v, 'GET', '/v1/grants')) as { grants: Record<string, unknown>[] }
+      if (v.json) return print(res), 0
+      if (res.grants.length === 0) process.stdout.write('no active grants\n')
+      for (const g of res.grants) {
+        const left = formatDuration(Math.max(0, Math.round((Date.parse(g.expires_at as string) - Date.now()) / 1000)) * 1000)
+        process.stdout.write(`${g.id}  ${g.subject} → ${g.resource}  [${(g.scopes as string[]).join('; ')}]  ${left} left\n`)
+      }
+      return 0
+    },
+  },
+  'grant revoke': {
+    summary: 'Revoke a grant now.',
+    usage: `jitgate grant revoke GRANT_ID --reason TEXT [--url URL]`,
+    options: { ...controlOptions, reason: { type: 'string' } },
+    async run(v, pos) {
+      const id = pos[0]
+      if (!id) throw new UsageError('GRANT_ID is required')
+      if (!v.reason) throw new UsageError('--reason is required')
+      await api(v, 'DELETE', `/v1/grants/${encodeURIComponent(id)}`, { reason: v.reason })
+      process.stdout.write(`revoked ${id}\n`)
+      return 0
+    },
+  },
+  'keys generate': {
+    summary: 'Generate an Ed25519 signing key (private JWK, mode 0600) and print its public JWK.',
+    usage: `jitgate keys generate --out FILE`,
+    options: { out: { type: 'string', short: 'o' } },
+    async run(v) {
+      if (!v.out) throw new UsageError('--out FILE is required')
+      const { privateJwk, publicJwk } = await generateSigningKey()
+      writeFileSync(v.out as string, `${JSON.stringify(privateJwk)}\n`, { mode: 0o600, flag: 'wx' })
+      process.stderr.write(`wrote private key ${v.out} (kid ${publicJwk.kid})\n`)
+      print(publicJwk)
+      return 0
+    },
+  },
+  'policy check': {
+    summary: 'Validate policy files; exit 1 with every problem listed.',
+    usage: `jitgate policy check [--dir DIR]
+
+  --dir DIR   policy folder (default: the configured one, ./policies)`,
+    options: { dir: { type: 'string' }, config: { type: 'string', short: 'c' } },
+    async run(v) {
+      const dir = (v.dir as string | undefined) ?? loadConfig(v.config ? { file: v.config as string } : {}).policyDir
+      const policy = loadPolicy(dir)
+      process.stdout.write(`policy OK: version ${policy.version}, ${policy.resources.size} resource(s) in ${policy.files.length} file(s)\n`)
+      return 0
+    },
+  },
+}
+
+function print(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+}
+
+async function api(v: Record<string, unknown>, method: string, path: string, body?: unknown): Promise<unknown> {
+  const base = (v.url as string | undefined) ?? process.env.JITGATE_CONTROL_URL ?? 'http://127.0.0.1:8081'
+  const headers: Record<string, string> = {}
+  if (process.env.JITGATE_ADMIN_TOKEN) headers.authorization = `Bearer ${process.env.JITGATE_ADMIN_TOKEN}`
+  if (process.env.USER) headers['x-jitgate-actor'] = process.env.USER.replace(/[^A-Za-z0-9@._-]/g, '').slice(0, 64)
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  let res: Response
+  try {
+    res = await fetch(new URL(path, base), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) })
+  } catch (err) {
+    throw new CliError(`cannot reach the control plane at ${base}: ${(err as { cause?: Error }).cause?.message ?? (err as Error).message}`)
+  }
+  if (res.status === 204) return undefined
+  const text = await res.text()
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    throw new CliError(`unexpected ${res.status} response from ${base}`)
+  }
+  if (!res.ok) {
+    const e = (json as { error?: { code?: string; message?: string; details?: string[] } }).error
+    const details = e?.details?.length ? `\n  ${e.details.join('\n  ')}` : ''
+    throw new CliError(`${e?.code ?? res.status}: ${e?.message ?? 'request failed'}${details}`)
+  }
+  return json
+}
+
+class CliError extends Error {}
+
+function help(): string {
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(14)} ${c.summary}`)
+  return `jitgate ${VERSION}: just-in-time, time-boxed access for sub-processors
+
+Usage: jitgate <command> [options]   (jitgate <command> --help for details)
+
+Commands:
+${lines.join('\n')}
+`
+}
+
+export async function main(argv: string[]): Promise<number> {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    process.stdout.write(help())
+    return argv.length === 0 ? 2 : 0
+  }
+  if (argv[0] === '--version') return process.stdout.write(`${VERSION}\n`), 0
+  const two = `${argv[0]} ${argv[1] ?? ''}`
+  const name = COMMANDS[two] ? two : argv[0] as string
+  const cmd = COMMANDS[name]
+  if (!cmd) {
+    process.stderr.write(`jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${help()}`)
+    return 2
+  }
+  const rest = argv.slice(name.split(' ').length)
+  try {
+    const parsed = parseArgs({ args: rest, options: { ...cmd.options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true })
+    if (parsed.values.help) {
+      process.stdout.write(`${cmd.summary}\n\nUsage: ${cmd.usage}\n`)
+      return 0
+    }
+    return await cmd.run(parsed.values as Record<string, string | boolean | string[] | undefined>, parsed.positionals)
+  } catch (err) {
+    if (err instanceof SourceError) {
+      process.stderr.write(`jitgate: invalid ${name === 'policy check' ? 'policy' : 'configuration or policy'}:\n${indent(formatIssues(err.issues))}\n`)
+      return 1
+    }
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`jitgate ${name}: ${(err as Error).message}\n\nUsage: ${cmd.usage}\n`)
+      return 2
+    }
+    if (err instanceof CliError || err instanceof StartupError || err instanceof KeyError) {
+      process.stderr.write(`jitgate: ${err.message}\n`)
+      return 1
+    }
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      process.stderr.write(`jitgate: ${(err as Error).message} (refusing to overwrite)\n`)
+      return 1
+    }
+    process.stderr.write(`jitgate: unexpected error: ${(err as Error).stack ?? String(err)}\n`)
+    return 1
+  }
+}
+
+function indent(s: string): string {
+  return s
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n')
+}

@@ -1,0 +1,179 @@
+/**
+ * Loads the gateway configuration: file → schema check → environment overrides → resolved,
+ * frozen `GatewayConfig`. Every problem is collected and reported together.
+ */
+import { hostname } from 'node:os'
+import { dirname, resolve } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { checkSchema, readYaml, parseYaml, type SourceIssue, SourceError } from './yaml-source.js'
+import { ConfigSchema, type ConfigFile } from './schema.js'
+import { parseDuration } from '../util/duration.js'
+import { parseListen, type ListenAddress } from '../util/listen.js'
+import { deepFreeze } from '../util/freeze.js'
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+export interface GatewayConfig {
+  readonly gatewayId: string
+  readonly configFile: string | undefined
+  readonly dataDir: string
+  readonly dataPlane: {
+    readonly listen: ListenAddress
+    readonly upstreamTimeoutMs: number
+    readonly connectTimeoutMs: number
+    readonly drainTimeoutMs: number
+    readonly publicProto: 'http' | 'https'
+  }
+  readonly controlPlane: {
+    readonly listen: ListenAddress
+    /** Operator bearer token; never logged. Undefined = API refuses non-loopback listen. */
+    readonly adminToken: string | undefined
+  }
+  readonly policyDir: string
+  readonly store:
+    | { readonly kind: 'memory'; readonly timeoutMs: number; readonly tombstoneMs: number }
+    | {
+        readonly kind: 'redis'
+        readonly url: string
+        readonly keyPrefix: string
+        readonly timeoutMs: number
+        readonly tombstoneMs: number
+      }
+  readonly tokens: {
+    readonly issuer: string
+    /** Signing key: a file path, or the key material itself (from the environment). */
+    readonly signingKey: { readonly file: string } | { readonly inline: string } | undefined
+    readonly verificationKeyFiles: readonly string[]
+    readonly clockToleranceS: number
+    readonly cacheSize: number
+  }
+  readonly audit: { readonly output: 'stdout' | { readonly file: string } }
+  readonly logLevel: LogLevel
+}
+
+/** Environment variables read by the loader (documented in the README). */
+export const CONFIG_ENV = Object.freeze([
+  'REDIS_URL',
+  'JITGATE_ADMIN_TOKEN',
+  'JITGATE_SIGNING_KEY',
+  'JITGATE_SIGNING_KEY_FILE',
+  'JITGATE_DATA_LISTEN',
+  'JITGATE_CONTROL_LISTEN',
+  'JITGATE_POLICY_DIR',
+  'JITGATE_DATA_DIR',
+  'JITGATE_AUDIT_OUTPUT',
+  'JITGATE_LOG_LEVEL',
+  'JITGATE_GATEWAY_ID',
+  'JITGATE_KEY_PREFIX',
+] as const)
+
+export interface LoadConfigOptions {
+  /** Config file; default `config/default.yaml` next to the package. */
+  readonly file?: string
+  /** Raw YAML text instead of a file (tests). */
+  readonly text?: string
+  readonly env?: NodeJS.ProcessEnv
+  /** Base directory for relative paths when `text` is used. */
+  readonly baseDir?: string
+}
+
+export const DEFAULT_CONFIG_FILE = resolve(dirname(new URL(import.meta.url).pathname), '../../config/default.yaml')
+
+/** Loads and validates; throws SourceError listing every problem. */
+export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
+  const env = opts.env ?? process.env
+  const file = opts.text === undefined ? resolve(opts.file ?? DEFAULT_CONFIG_FILE) : undefined
+  const parsed = opts.text !== undefined ? parseYaml('<config>', opts.text) : readYaml(file as string)
+  if (!parsed.source) throw new SourceError(parsed.issues)
+  const source = parsed.source
+  const raw = source.value ?? {}
+  const checked = checkSchema(ConfigSchema, raw, source)
+  if (!checked.ok) throw new SourceError(checked.issues)
+  const baseDir = file ? dirname(file) : resolve(opts.baseDir ?? '.')
+  const issues: SourceIssue[] = []
+  const envIssue = (name: string, message: string) =>
+    issues.push({ file: `env ${name}`, line: 0, column: 0, path: '', message })
+  const c: ConfigFile = checked.value
+  const ms = (v: string | undefined, dflt: number) => (v === undefined ? dflt : (parseDuration(v) as number))
+  const path = (p: string) => resolve(baseDir, p)
+
+  const listenOf = (envName: string, value: string | undefined, dflt: string): ListenAddress => {
+    const text = env[envName] || value || dflt
+    const addr = parseListen(text)
+    if (!addr) envIssue(envName, `expected host:port, got ${JSON.stringify(text)}`)
+    return addr ?? { host: '127.0.0.1', port: 0 }
+  }
+
+  const adminToken = env.JITGATE_ADMIN_TOKEN || readSecretFile(c.control_plane?.admin_token_file, path, issues)
+  if (adminToken !== undefined && adminToken.length < 16) {
+    envIssue('JITGATE_ADMIN_TOKEN', 'the admin token must be at least 16 characters')
+  }
+
+  const redisUrl = env.REDIS_URL || c.store?.redis_url || ''
+  if (redisUrl && !/^(redis|rediss|unix):\/\//.test(redisUrl)) {
+    envIssue('REDIS_URL', 'expected a redis://, rediss:// or unix:// URL')
+  }
+  const timeoutMs = ms(c.store?.timeout, 250)
+  const tombstoneMs = ms(c.store?.tombstone_ttl, 600_000)
+  const keyPrefix = env.JITGATE_KEY_PREFIX || c.store?.key_prefix || 'jitgate:'
+
+  const signingKey = env.JITGATE_SIGNING_KEY
+    ? { inline: env.JITGATE_SIGNING_KEY }
+    : env.JITGATE_SIGNING_KEY_FILE
+      ? { file: resolve(env.JITGATE_SIGNING_KEY_FILE) }
+      : c.tokens?.signing_key_file
+        ? { file: path(c.tokens.signing_key_file) }
+        : undefined
+
+  const auditOut = env.JITGATE_AUDIT_OUTPUT || c.audit?.output || 'stdout'
+  const level = (env.JITGATE_LOG_LEVEL || c.log?.level || 'info') as LogLevel
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) {
+    envIssue('JITGATE_LOG_LEVEL', `unknown level ${JSON.stringify(level)}`)
+  }
+
+  const config: GatewayConfig = {
+    gatewayId: env.JITGATE_GATEWAY_ID || c.gateway_id || `${hostname()}-${process.pid}`,
+    configFile: file,
+    dataDir: env.JITGATE_DATA_DIR ? resolve(env.JITGATE_DATA_DIR) : path(c.data_dir ?? '.jitgate'),
+    dataPlane: {
+      listen: listenOf('JITGATE_DATA_LISTEN', c.data_plane?.listen, '0.0.0.0:8080'),
+      upstreamTimeoutMs: ms(c.data_plane?.upstream_timeout, 30_000),
+      connectTimeoutMs: ms(c.data_plane?.connect_timeout, 5_000),
+      drainTimeoutMs: ms(c.data_plane?.drain_timeout, 10_000),
+      publicProto: c.data_plane?.public_proto ?? 'http',
+    },
+    controlPlane: {
+      listen: listenOf('JITGATE_CONTROL_LISTEN', c.control_plane?.listen, '127.0.0.1:8081'),
+      adminToken,
+    },
+    policyDir: env.JITGATE_POLICY_DIR ? resolve(env.JITGATE_POLICY_DIR) : path(c.policy?.dir ?? 'policies'),
+    store: redisUrl
+      ? { kind: 'redis', url: redisUrl, keyPrefix, timeoutMs, tombstoneMs }
+      : { kind: 'memory', timeoutMs, tombstoneMs },
+    tokens: {
+      issuer: c.tokens?.issuer ?? 'jitgate',
+      signingKey,
+      verificationKeyFiles: (c.tokens?.verification_key_files ?? []).map(path),
+      clockToleranceS: Math.ceil(ms(c.tokens?.clock_tolerance, 30_000) / 1000),
+      cacheSize: c.tokens?.cache_size ?? 10_000,
+    },
+    audit: { output: auditOut === 'stdout' ? 'stdout' : { file: resolve(auditOut === env.JITGATE_AUDIT_OUTPUT ? '.' : baseDir, auditOut) } },
+    logLevel: level,
+  }
+  if (issues.length > 0) throw new SourceError(issues)
+  return deepFreeze(config)
+}
+
+function readSecretFile(
+  file: string | undefined,
+  path: (p: string) => string,
+  issues: SourceIssue[],
+): string | undefined {
+  if (!file) return undefined
+  try {
+    return readFileSync(path(file), 'utf8').trim()
+  } catch (err) {
+    issues.push({ file: path(file), line: 0, column: 0, path: 'control_plane.admin_token_file', message: (err as Error).message })
+    return undefined
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * The gateway configuration file (`config/default.yaml`, `--config FILE`): one TypeBox schema that
+ * is both the runtime validator and the TypeScript type. Keys are snake_case; unknown keys are errors.
+ */
+import { Type, type Static } from '@sinclair/typebox'
+import { DURATION_PATTERN } from '../util/duration.js'
+
+const Duration = (description: string) =>
+  Type.String({ pattern: DURATION_PATTERN, description, errorMessage: 'expected a duration such as 250ms, 30s, 15m, 2h or 7d' })
+const Listen = (description: string) =>
+  Type.String({
+    pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$',
+    description,
+    errorMessage: 'expected host:port, e.g. 0.0.0.0:8080 or [::1]:8081',
+  })
+const Strict = { additionalProperties: false } as const
+
+export const ConfigSchema = Type.Object(
+  {
+    gateway_id: Type.Optional(
+      Type.String({ pattern: '^[A-Za-z0-9._-]{0,64}$', description: 'Names this replica in audit events; default hostname-pid.' }),
+    ),
+    data_dir: Type.Optional(Type.String({ description: 'Local state (generated dev keys). Relative to this file.' })),
+    data_plane: Type.Optional(
+      Type.Object(
+        {
+          listen: Type.Optional(Listen('Sub-processor traffic. Env: JITGATE_DATA_LISTEN.')),
+          upstream_timeout: Type.Optional(Duration('Until the upstream sends response headers.')),
+          connect_timeout: Type.Optional(Duration('Connecting to an upstream.')),
+          drain_timeout: Type.Optional(Duration('On SIGTERM, how long in-flight requests may finish.')),
+          public_proto: Type.Optional(Type.Union([Type.Literal('http'), Type.Literal('https')])),
+        },
+        Strict,
+      ),
+    ),
+    control_plane: Type.Optional(
+      Type.Object(
+        {
+          listen: Type.Optional(Listen('Operator API, metrics, health, JWKS. Env: JITGATE_CONTROL_LISTEN.')),
+          admin_token_file: Type.Optional(
+            Type.String({ description: 'File holding the operator bearer token. Env JITGATE_ADMIN_TOKEN takes precedence.' }),
+          ),
+        },
+        Strict,
+      ),
+    ),
+    policy: Type.Optional(
+      Type.Object(
+        { dir: Type.Optional(Type.String({ minLength: 1, description: 'Folder of *.yaml policy files. Env: JITGATE_POLICY_DIR.' })) },
+        Strict,
+      ),
+    ),
+    store: Type.Optional(
+      Type.Object(
+        {
+          redis_url: Type.Optional(
+            Type.String({ description: 'redis://, rediss:// or unix:// URL; empty = embedded memory store. Env: REDIS_URL.' }),
+          ),
+          key_prefix: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9:._-]{1,64}$' })),
+          timeout: Type.Optional(Duration('Per grant-store operation; past it the request fails closed (503).')),
+          tombstone_ttl: Type.Optional(Duration('Minimum time a revoked grant is remembered as revoked.')),
+        },
+        Strict,
+      ),
+    ),
+    tokens: Type.Optional(
+      Type.Object(
+        {
+          issuer: Type.Optional(Type.String({ minLength: 1, description: 'The `iss` of JIT tokens.' })),
+          signing_key_file: Type.Optional(
+            Type.String({ description: 'Private Ed25519 key (JWK or PKCS#8 PEM). Env: JITGATE_SIGNING_KEY_FILE or JITGATE_SIGNING_KEY.' }),
+          ),
+          verification_key_files: Type.Optional(
+            Type.Array(Type.String({ minLength: 1 }), { description: 'Extra public keys still accepted (rotation).' }),
+          ),
+          clock_tolerance: Type.Optional(Duration('Allowed clock skew for exp/nbf.')),
+          cache_size: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'Verified-token cache entries.' })),
+        },
+        Strict,
+      ),
+    ),
+    audit: Type.Optional(
+      Type.Object(
+        { output: Type.Optional(Type.String({ minLength: 1, description: '`stdout` or a file path. Env: JITGATE_AUDIT_OUTPUT.' })) },
+        Strict,
+      ),
+    ),
+    log: Type.Optional(
+      Type.Object(
+        {
+          level: Type.Optional(
+            Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l))),
+          ),
+        },
+        Strict,
+      ),
+    ),
+  },
+  Strict,
+)
+
+export type ConfigFile = Static<typeof ConfigSchema>

@@ -1,0 +1,134 @@
+/**
+ * Issuing and revoking grants: checks against policy, writes to the grant store, signs the token,
+ * audits. The control-plane API calls this; the approval workflow will call it on final approval.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Grant, GrantStore, Revocation } from '../grants/types.js'
+import { StoreUnavailableError } from '../grants/types.js'
+import type { Policy } from '../policy/policy.js'
+import { parseScope } from '../policy/scope.js'
+import type { TokenIssuer } from '../authn/token.js'
+import type { AuditLog } from '../audit/audit-log.js'
+import type { GatewayMetrics } from '../metrics/metrics.js'
+import { ApiError } from './errors.js'
+import { formatDuration } from '../util/duration.js'
+
+export interface IssueGrantInput {
+  readonly subject: string
+  readonly resource: string
+  readonly scopes: readonly string[]
+  readonly ttlMs: number
+  readonly reason?: string
+  readonly actor: string
+  readonly requestId: string
+}
+
+export interface IssuedGrant {
+  readonly grant: Grant
+  readonly token: string
+}
+
+export interface GrantService {
+  issue(input: IssueGrantInput): Promise<IssuedGrant>
+  revoke(id: string, actor: string, reason: string, requestId: string): Promise<Revocation>
+}
+
+export interface GrantServiceDeps {
+  readonly store: GrantStore
+  readonly policy: () => Policy
+  readonly tokens: () => TokenIssuer
+  readonly audit: AuditLog
+  readonly metrics: GatewayMetrics
+  readonly now?: () => number
+}
+
+/** 128 random bits, URL-safe: grant ids appear in paths and are the token's `jti`. */
+export function newGrantId(): string {
+  return `g_${randomBytes(16).toString('base64url')}`
+}
+
+export function createGrantService(deps: GrantServiceDeps): GrantService {
+  const now = deps.now ?? Date.now
+  return {
+    async issue(input) {
+      const policy = deps.policy()
+      const resource = policy.resources.get(input.resource)
+      if (!resource) throw new ApiError('unknown_resource', [`resource "${input.resource}" is not in policy version ${policy.version}`])
+      const scopeErrors: string[] = []
+      for (const s of input.scopes) {
+        const parsed = parseScope(s)
+        if (!parsed.ok) scopeErrors.push(`${JSON.stringify(s)}: ${parsed.error}`)
+        else if (resource.pathPrefix !== undefined && !scopeWithinPrefix(s, resource.pathPrefix)) {
+          scopeErrors.push(`${JSON.stringify(s)}: path is outside the resource's prefix ${resource.pathPrefix}`)
+        }
+      }
+      if (scopeErrors.length > 0) throw new ApiError('invalid_scope', scopeErrors)
+      if (input.ttlMs > resource.maxTtlMs) {
+        throw new ApiError('ttl_exceeds_max', [`ttl ${formatDuration(input.ttlMs)} > max_ttl ${formatDuration(resource.maxTtlMs)}`])
+      }
+      const t = now()
+      // Token times are whole seconds; keep the grant's expiry on the same second so both end together.
+      const expiresAt = Math.floor((t + input.ttlMs) / 1000) * 1000
+      const grant: Grant = Object.freeze({
+        id: newGrantId(),
+        subject: input.subject,
+        resource: resource.id,
+        scopes: Object.freeze([...input.scopes]),
+        startsAt: t,
+        expiresAt,
+        createdAt: t,
+        issuedBy: input.actor,
+        ...(input.reason !== undefined ? { reason: input.reason } : {}),
+        policyVersion: policy.version,
+      })
+      const token = await deps.tokens().issue(grant)
+      try {
+        await deps.store.create(grant)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
+        throw err
+      }
+      deps.metrics.grantsIssued.inc()
+      deps.audit.emit('grant.issued', {
+        request_id: input.requestId,
+        actor: input.actor,
+        subject: grant.subject,
+        grant_id: grant.id,
+        resource: grant.resource,
+        scopes: grant.scopes,
+        starts_at: new Date(grant.startsAt).toISOString(),
+        expires_at: new Date(grant.expiresAt).toISOString(),
+        ...(input.reason !== undefined ? { reason: input.reason } : {}),
+      })
+      return { grant, token }
+    },
+
+    async revoke(id, actor, reason, requestId) {
+      let revocation: Revocation | null
+      try {
+        revocation = await deps.store.revoke(id, actor, reason)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
+        throw err
+      }
+      if (!revocation) throw new ApiError('grant_not_found')
+      deps.metrics.grantsRevoked.inc()
+      deps.audit.emit('grant.revoked', {
+        request_id: requestId,
+        actor,
+        reason,
+        grant_id: id,
+        subject: revocation.subject,
+        resource: revocation.resource,
+      })
+      return revocation
+    },
+  }
+}
+
+/** A scope's path must stay under the resource's prefix (otherwise it could never match anyway). */
+function scopeWithinPrefix(scope: string, prefix: string): boolean {
+  const path = scope.slice(scope.indexOf(' ') + 1).trim()
+  if (prefix === '/') return true
+  return path === prefix || path.startsWith(`${prefix}/`) || path === '/**'
+}

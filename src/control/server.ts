@@ -1,0 +1,278 @@
+/**
+ * The control-plane listener (default 127.0.0.1:8081): operator API (`/v1/grants`), health,
+ * readiness, metrics and the JWKS. Never serves sub-processor traffic.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { Grant, GrantStore } from '../grants/types.js'
+import type { Policy } from '../policy/policy.js'
+import type { KeyRing } from '../authn/keys.js'
+import type { AuditLog } from '../audit/audit-log.js'
+import { bounded } from '../audit/audit-log.js'
+import type { GatewayMetrics } from '../metrics/metrics.js'
+import type { GrantService } from './grant-service.js'
+import { ApiError, sendError, sendJson } from './errors.js'
+import { parseDuration } from '../util/duration.js'
+import { ID_PATTERN } from '../policy/schema.js'
+
+export interface ControlPlaneDeps {
+  readonly store: GrantStore
+  readonly policy: () => Policy
+  readonly keys: () => KeyRing
+  readonly grants: GrantService
+  readonly audit: AuditLog
+  readonly metrics: GatewayMetrics
+  readonly log: Logger
+  /** Operator bearer token; undefined = open API (only allowed on a loopback listener). */
+  readonly adminToken: string | undefined
+  readonly gatewayId: string
+  readonly isDraining: () => boolean
+}
+
+const MAX_BODY_BYTES = 64 * 1024
+const ID_RE = new RegExp(ID_PATTERN)
+const GRANT_ID_RE = /^g_[A-Za-z0-9_-]{10,64}$/
+const MAX_SCOPES = 64
+
+export function createControlPlane(deps: ControlPlaneDeps): Server {
+  const adminDigest = deps.adminToken === undefined ? undefined : sha256(deps.adminToken)
+
+  /** Constant-time comparison of digests, so neither length nor prefix leaks through timing. */
+  function authenticate(req: IncomingMessage): string {
+    if (adminDigest === undefined) return 'local-operator'
+    const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')
+    if (!m || !timingSafeEqual(sha256(m[1] as string), adminDigest)) throw new ApiError('unauthorized')
+    const who = req.headers['x-jitgate-actor']
+    // The token says "an operator"; the optional header names which one, for the audit trail.
+    return typeof who === 'string' && /^[A-Za-z0-9@._-]{1,64}$/.test(who) ? `operator:${who}` : 'operator'
+  }
+
+  async function route(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://control')
+    const path = url.pathname
+    const method = req.method ?? 'GET'
+
+    if (path === '/healthz') return only(method, ['GET', 'HEAD'], () => sendJson(res, 200, { status: 'ok' }))
+    if (path === '/readyz') return only(method, ['GET', 'HEAD'], () => readyz(res))
+    if (path === '/metrics') {
+      return only(method, ['GET'], async () => {
+        const text = await deps.metrics.registry.metrics()
+        res.writeHead(200, { 'content-type': deps.metrics.registry.contentType })
+        res.end(text)
+      })
+    }
+    if (path === '/.well-known/jwks.json') {
+      return only(method, ['GET'], () =>
+        sendJson(res, 200, deps.keys().jwks, { 'cache-control': 'public, max-age=300' }),
+      )
+    }
+    if (path === '/v1/grants') {
+      const actor = guard(req, requestId, path)
+      if (method === 'POST') return issueGrant(req, res, actor, requestId)
+      if (method === 'GET') return listGrants(res)
+      throw new ApiError('method_not_allowed')
+    }
+    const m = /^\/v1\/grants\/([^/]+)$/.exec(path)
+    if (m) {
+      const actor = guard(req, requestId, path)
+      const id = decodeURIComponent(m[1] as string)
+      if (!GRANT_ID_RE.test(id)) throw new ApiError('grant_not_found')
+      if (method === 'GET') return getGrant(res, id)
+      if (method === 'DELETE') {
+        const body = (req.headers['content-length'] ?? '0') !== '0' || req.headers['transfer-encoding'] ? await readJson(req) : {}
+        const reason = stringField(body, 'reason', { optional: true, max: 512 }) ?? url.searchParams.get('reason') ?? ''
+        if (reason.trim() === '') throw new ApiError('invalid_request', ['reason: a revocation needs a reason (body {"reason"} or ?reason=)'])
+        await deps.grants.revoke(id, actor, bounded(reason), requestId)
+        res.writeHead(204, { 'x-request-id': requestId }).end()
+        return
+      }
+      throw new ApiError('method_not_allowed')
+    }
+    throw new ApiError('not_found')
+
+    async function only(m: string, allowed: string[], fn: () => void | Promise<void>): Promise<void> {
+      if (!allowed.includes(m)) throw new ApiError('method_not_allowed')
+      await fn()
+    }
+  }
+
+  function guard(req: IncomingMessage, requestId: string, path: string): string {
+    try {
+      return authenticate(req)
+    } catch (err) {
+      deps.audit.emit('admin.denied', {
+        request_id: requestId,
+        method: bounded(req.method ?? ''),
+        path: bounded(path),
+        status: 401,
+        code: 'unauthorized',
+        client_ip: req.socket.remoteAddress ?? '',
+      })
+      throw err
+    }
+  }
+
+  async function readyz(res: ServerResponse): Promise<void> {
+    const policy = deps.policy()
+    let storeOk = true
+    try {
+      await deps.store.ping()
+    } catch {
+      storeOk = false
+    }
+    const ready = storeOk && !deps.isDraining()
+    sendJson(res, ready ? 200 : 503, {
+      ready,
+      store: { kind: deps.store.kind, reachable: storeOk },
+      draining: deps.isDraining(),
+      policy_version: policy.version,
+      gateway_id: deps.gatewayId,
+    })
+  }
+
+  async function issueGrant(req: IncomingMessage, res: ServerResponse, actor: string, requestId: string): Promise<void> {
+    const body = await readJson(req)
+    const details: string[] = []
+    const known = new Set(['subject', 'resource', 'scopes', 'ttl', 'reason'])
+    for (const k of Object.keys(body)) if (!known.has(k)) details.push(`${k}: unknown field`)
+    const subject = collect(details, () => stringField(body, 'subject', { max: 63 }))
+    if (subject !== undefined && !ID_RE.test(subject)) details.push('subject: expected a sub-processor id (lowercase letters, digits, ".", "_", "-")')
+    const resource = collect(details, () => stringField(body, 'resource', { max: 63 }))
+    const scopes = body.scopes
+    if (!Array.isArray(scopes) || scopes.length === 0 || scopes.length > MAX_SCOPES || !scopes.every((s) => typeof s === 'string' && s.length <= 512)) {
+      details.push(`scopes: expected 1 to ${MAX_SCOPES} scope strings such as "GET /crm/customers/**"`)
+    }
+    const ttlMs = parseTtl(body.ttl)
+    if (ttlMs === undefined) details.push('ttl: expected a duration such as "15m" or "2h", or a number of seconds')
+    const reason = collect(details, () => stringField(body, 'reason', { optional: true, max: 512 }))
+    if (details.length > 0) throw new ApiError('invalid_request', details)
+    const issued = await deps.grants.issue({
+      subject: subject as string,
+      resource: resource as string,
+      scopes: scopes as string[],
+      ttlMs: ttlMs as number,
+      ...(reason !== undefined ? { reason } : {}),
+      actor,
+      requestId,
+    })
+    sendJson(res, 201, { ...grantView(issued.grant), token: issued.token }, { 'x-request-id': requestId, location: `/v1/grants/${issued.grant.id}` })
+  }
+
+  async function listGrants(res: ServerResponse): Promise<void> {
+    const grants = await storeCall(() => deps.store.list())
+    sendJson(res, 200, { grants: grants.map(grantView) })
+  }
+
+  async function getGrant(res: ServerResponse, id: string): Promise<void> {
+    const lookup = await storeCall(() => deps.store.get(id))
+    if (lookup.status === 'active') return sendJson(res, 200, grantView(lookup.grant))
+    if (lookup.status === 'revoked') {
+      const r = lookup.revocation
+      return sendJson(res, 200, {
+        id: r.id,
+        subject: r.subject,
+        resource: r.resource,
+        status: 'revoked',
+        revoked_at: new Date(r.revokedAt).toISOString(),
+        revoked_by: r.revokedBy,
+        reason: r.reason,
+      })
+    }
+    throw new ApiError('grant_not_found')
+  }
+
+  return createServer((req, res) => {
+    const requestId = randomUUID()
+    route(req, res, requestId).catch((err: unknown) => {
+      if (err instanceof ApiError) return sendError(res, err, requestId)
+      deps.log.error({ err, request_id: requestId }, 'control-plane request failed')
+      sendError(res, new ApiError('internal_error'), requestId)
+    })
+  })
+}
+
+/** The API view of a grant: never its token. */
+export function grantView(g: Grant): Record<string, unknown> {
+  return {
+    id: g.id,
+    subject: g.subject,
+    resource: g.resource,
+    scopes: g.scopes,
+    status: 'active',
+    starts_at: new Date(g.startsAt).toISOString(),
+    expires_at: new Date(g.expiresAt).toISOString(),
+    issued_by: g.issuedBy,
+    ...(g.reason !== undefined ? { reason: g.reason } : {}),
+    ...(g.policyVersion !== undefined ? { policy_version: g.policyVersion } : {}),
+  }
+}
+
+async function storeCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (err) {
+    if ((err as { code?: string }).code === 'store_unavailable') throw new ApiError('store_unavailable')
+    throw err
+  }
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase()
+  if (type !== 'application/json') throw new ApiError('unsupported_media_type')
+  const declared = Number(req.headers['content-length'] ?? 0)
+  if (declared > MAX_BODY_BYTES) throw new ApiError('payload_too_large')
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY_BYTES) throw new ApiError('payload_too_large')
+    chunks.push(chunk as Buffer)
+  }
+  let value: unknown
+  try {
+    value = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new ApiError('invalid_request', ['body: not valid JSON'])
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new ApiError('invalid_request', ['body: expected a JSON object'])
+  }
+  return value as Record<string, unknown>
+}
+
+function stringField(
+  body: Record<string, unknown>,
+  name: string,
+  opts: { optional?: boolean; max: number },
+): string | undefined {
+  const v = body[name]
+  if (v === undefined && opts.optional) return undefined
+  if (typeof v !== 'string' || v.length === 0 || v.length > opts.max) {
+    throw new ApiError('invalid_request', [`${name}: expected a string of 1 to ${opts.max} characters`])
+  }
+  return v
+}
+
+function collect<T>(details: string[], fn: () => T): T | undefined {
+  try {
+    return fn()
+  } catch (err) {
+    if (err instanceof ApiError && err.details) details.push(...err.details)
+    else throw err
+    return undefined
+  }
+}
+
+function parseTtl(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isInteger(v) && v > 0 && v <= 366 * 86_400 ? v * 1000 : undefined
+  if (typeof v === 'string') {
+    const ms = parseDuration(v)
+    return ms !== undefined && ms >= 1000 ? ms : undefined
+  }
+  return undefined
+}
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s).digest()
+}

@@ -1,0 +1,203 @@
+/**
+ * The data plane listener: sub-processor traffic only. Per request:
+ * decide (route → token → grant → scope) → forward or deny → audit + metrics.
+ * WebSocket upgrades pass the same decision and are then tracked until their grant ends.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { randomUUID } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { Decider, Decision, Deny } from '../decision/decide.js'
+import type { DenyCode } from '../decision/codes.js'
+import { DENY_CODES } from '../decision/codes.js'
+import type { Forwarder, ForwardTarget } from '../forward/forwarder.js'
+import { buildUpstreamHeaders } from '../forward/headers.js'
+import { upstreamPath } from '../policy/policy.js'
+import { bounded, type AuditLog } from '../audit/audit-log.js'
+import type { GatewayMetrics } from '../metrics/metrics.js'
+import { writeDeny, writeDenyToSocket } from './respond.js'
+import type { ConnectionRegistry } from './connections.js'
+
+export interface DataPlaneDeps {
+  readonly decider: Decider
+  readonly forwarder: Forwarder
+  readonly audit: AuditLog
+  readonly metrics: GatewayMetrics
+  readonly connections: ConnectionRegistry
+  readonly log: Logger
+  readonly upstreamTimeoutMs: number
+  readonly publicProto: 'http' | 'https'
+}
+
+export interface DataPlane {
+  readonly server: Server
+  /** Requests being decided or forwarded right now. */
+  inflight(): number
+}
+
+export function createDataPlane(deps: DataPlaneDeps): DataPlane {
+  const { decider, forwarder, audit, metrics, log } = deps
+  let inflight = 0
+
+  function decideSafely(req: IncomingMessage, upgrade: boolean): Promise<Decision> {
+    return decider
+      .decide({ method: req.method ?? 'GET', url: req.url ?? '', host: req.headers.host, rawHeaders: req.rawHeaders, upgrade })
+      .catch((err: unknown): Deny => {
+        // A bug, not a denial reason: fail closed and say so loudly.
+        log.error({ err }, 'decision failed')
+        return { allow: false, code: 'internal_error', detail: 'decision failed' }
+      })
+  }
+
+  function recordDeny(req: IncomingMessage, d: Deny, requestId: string, started: number, protocol: 'http' | 'websocket'): void {
+    metrics.requests.inc({ resource: d.resource?.id ?? '', decision: 'deny', code: d.code })
+    audit.emit('access.denied', {
+      request_id: requestId,
+      ...(d.subject !== undefined ? { subject: d.subject } : {}),
+      ...(d.grantId !== undefined ? { grant_id: d.grantId } : {}),
+      ...(d.resource ? { resource: d.resource.id } : {}),
+      method: bounded(req.method ?? ''),
+      path: d.path ?? bounded(req.url ?? ''),
+      status: DENY_CODES[d.code].status,
+      code: d.code,
+      detail: d.detail,
+      client_ip: req.socket.remoteAddress ?? '',
+      duration_ms: elapsed(started),
+      protocol,
+    })
+  }
+
+  function targetFor(req: IncomingMessage, d: Decision & { allow: true }, requestId: string, upgrade: boolean): ForwardTarget {
+    return {
+      origin: d.resource.origin,
+      path: upstreamPath(d.resource, d.path) + d.query,
+      timeoutMs: d.resource.timeoutMs ?? deps.upstreamTimeoutMs,
+      headers: buildUpstreamHeaders(req, {
+        clientIp: req.socket.remoteAddress ?? '',
+        proto: deps.publicProto,
+        host: req.headers.host ?? '',
+        requestId,
+        identity: { subject: d.grant.subject, grantId: d.grant.id },
+        inject: d.resource.inject,
+        upstreamHost: d.resource.upstreamHost,
+        upgrade,
+      }),
+    }
+  }
+
+  async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now()
+    const requestId = randomUUID()
+    inflight++
+    res.once('close', () => inflight--)
+    const d = await decideSafely(req, false)
+    metrics.decisionSeconds.observe({ decision: d.allow ? 'allow' : 'deny' }, (performance.now() - started) / 1000)
+    if (!d.allow) {
+      if (!res.headersSent && !res.destroyed) writeDeny(res, d.code, requestId)
+      recordDeny(req, d, requestId, started, 'http')
+      return
+    }
+    const outcome = await forwarder.forward(req, res, targetFor(req, d, requestId, false))
+    metrics.upstreamSeconds.observe({ resource: d.resource.id }, outcome.upstreamMs / 1000)
+    let code: DenyCode | 'ok' = 'ok'
+    let status: number
+    if (outcome.ok) {
+      status = outcome.status
+    } else {
+      code = outcome.code
+      status = DENY_CODES[outcome.code].status
+      if (!outcome.responseStarted && !res.headersSent && !res.destroyed) writeDeny(res, outcome.code, requestId)
+    }
+    metrics.requests.inc({ resource: d.resource.id, decision: 'allow', code })
+    audit.emit('access.allowed', {
+      request_id: requestId,
+      subject: d.grant.subject,
+      grant_id: d.grant.id,
+      resource: d.resource.id,
+      method: bounded(req.method ?? ''),
+      path: d.path,
+      status,
+      ...(code !== 'ok' ? { code, detail: outcome.ok ? '' : bounded(outcome.detail) } : {}),
+      client_ip: req.socket.remoteAddress ?? '',
+      duration_ms: elapsed(started),
+      upstream_ms: round(outcome.upstreamMs),
+      protocol: 'http',
+    })
+  }
+
+  async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const started = performance.now()
+    const requestId = randomUUID()
+    socket.on('error', () => socket.destroy())
+    if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
+      const d: Deny = { allow: false, code: 'upgrade_not_supported', detail: `upgrade ${bounded(req.headers.upgrade ?? '')}` }
+      writeDenyToSocket(socket, d.code, requestId)
+      recordDeny(req, d, requestId, started, 'websocket')
+      return
+    }
+    const d = await decideSafely(req, true)
+    metrics.decisionSeconds.observe({ decision: d.allow ? 'allow' : 'deny' }, (performance.now() - started) / 1000)
+    if (!d.allow) {
+      writeDenyToSocket(socket, d.code, requestId)
+      recordDeny(req, d, requestId, started, 'websocket')
+      return
+    }
+    const result = await forwarder.upgrade(req, socket, head, targetFor(req, d, requestId, true))
+    const base = {
+      request_id: requestId,
+      subject: d.grant.subject,
+      grant_id: d.grant.id,
+      resource: d.resource.id,
+      method: bounded(req.method ?? ''),
+      path: d.path,
+      client_ip: req.socket.remoteAddress ?? '',
+      protocol: 'websocket' as const,
+    }
+    if (!result.ok) {
+      writeDenyToSocket(socket, result.code, requestId)
+      metrics.requests.inc({ resource: d.resource.id, decision: 'allow', code: result.code })
+      audit.emit('access.allowed', {
+        ...base,
+        status: DENY_CODES[result.code].status,
+        code: result.code,
+        detail: bounded(result.detail),
+        duration_ms: elapsed(started),
+      })
+      return
+    }
+    metrics.requests.inc({ resource: d.resource.id, decision: 'allow', code: 'ok' })
+    audit.emit('access.allowed', { ...base, status: 101, duration_ms: elapsed(started) })
+    metrics.websockets.inc({ resource: d.resource.id })
+    const reason = await deps.connections.track(d.grant.id, d.grant.expiresAt, result.handle)
+    metrics.websockets.dec({ resource: d.resource.id })
+    audit.emit('connection.closed', { ...base, reason, duration_ms: elapsed(started) })
+  }
+
+  const server = createServer({ requestTimeout: 0 }, (req, res) => {
+    onRequest(req, res).catch((err: unknown) => {
+      log.error({ err }, 'request handling failed')
+      if (!res.headersSent) res.writeHead(500).end()
+      else res.destroy()
+    })
+  })
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    onUpgrade(req, socket, head).catch((err: unknown) => {
+      log.error({ err }, 'upgrade handling failed')
+      socket.destroy()
+    })
+  })
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // Malformed HTTP never reaches the pipeline; answer 400 where the socket still can be.
+    if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+  })
+  return { server, inflight: () => inflight }
+}
+
+function elapsed(started: number): number {
+  return round(performance.now() - started)
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100
+}

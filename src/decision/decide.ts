@@ -1,0 +1,121 @@
+/**
+ * The per-request decision, as a value: route → token → grant → scope. Default deny: every path
+ * through this function that is not the final `allow` returns a deny code. Infrastructure faults
+ * (the grant store failing or timing out) map to `store_unavailable`, never to allow.
+ */
+import { normalizePath } from '../policy/path.js'
+import { compileScopes, type ScopeSet } from '../policy/scope.js'
+import type { Policy, Resource } from '../policy/policy.js'
+import { extractBearer, type TokenClaims, type TokenVerifier } from '../authn/token.js'
+import type { Grant, GrantStore } from '../grants/types.js'
+import type { DenyCode } from './codes.js'
+
+export interface DecisionInput {
+  readonly method: string
+  /** The raw request-target (`req.url`). */
+  readonly url: string
+  readonly host: string | undefined
+  readonly rawHeaders: readonly string[]
+  readonly upgrade: boolean
+}
+
+export interface Allow {
+  readonly allow: true
+  readonly resource: Resource
+  readonly grant: Grant
+  readonly claims: TokenClaims
+  /** The normalised path the scope check saw; forwarded as is. */
+  readonly path: string
+  /** The query string including `?`, or `''`; it never takes part in a decision. */
+  readonly query: string
+}
+
+export interface Deny {
+  readonly allow: false
+  readonly code: DenyCode
+  readonly detail: string
+  readonly resource?: Resource
+  readonly subject?: string
+  readonly grantId?: string
+  readonly path?: string
+}
+
+export type Decision = Allow | Deny
+
+export interface DeciderDeps {
+  /** The live policy (swapped atomically on reload). */
+  readonly policy: () => Policy
+  readonly verifier: () => TokenVerifier
+  readonly store: GrantStore
+  readonly now?: () => number
+  /** Told about each store failure (metrics, log), with the operation name. */
+  readonly onStoreError?: (operation: string, err: unknown) => void
+}
+
+export interface Decider {
+  decide(input: DecisionInput): Promise<Decision>
+}
+
+/** Compiled scope sets are cached by their text: grants share scopes, compiling per request is waste. */
+const SCOPE_CACHE_MAX = 10_000
+
+export function createDecider(deps: DeciderDeps): Decider {
+  const now = deps.now ?? Date.now
+  const scopeCache = new Map<string, ScopeSet>()
+
+  function scopesOf(grant: Grant): ScopeSet {
+    const key = grant.scopes.join('\n')
+    let set = scopeCache.get(key)
+    if (!set) {
+      // Scopes were validated when the grant was issued; an invalid one here compiles to nothing.
+      set = compileScopes(grant.scopes)
+      if (scopeCache.size >= SCOPE_CACHE_MAX) scopeCache.delete(scopeCache.keys().next().value as string)
+      scopeCache.set(key, set)
+    }
+    return set
+  }
+
+  return {
+    async decide(input) {
+      const q = input.url.indexOf('?')
+      const rawPath = q === -1 ? input.url : input.url.slice(0, q)
+      const query = q === -1 ? '' : input.url.slice(q)
+      const normalized = normalizePath(rawPath)
+      if (!normalized.ok) return { allow: false, code: 'path_rejected', detail: normalized.reason }
+      const path = normalized.path
+
+      const resource = deps.policy().matchRoute(input.host, path)
+      if (!resource) return { allow: false, code: 'route_not_found', detail: 'no resource matches', path }
+
+      const bearer = extractBearer(input.rawHeaders)
+      if (!bearer.ok) return { allow: false, code: bearer.code, detail: 'no usable bearer token', resource, path }
+
+      const verified = await deps.verifier().verify(bearer.token, resource.id)
+      if (!verified.ok) return { allow: false, code: verified.code, detail: verified.detail, resource, path }
+      const claims = verified.claims
+      const who = { resource, path, subject: claims.sub, grantId: claims.jti }
+
+      let lookup
+      try {
+        lookup = await deps.store.get(claims.jti)
+      } catch (err) {
+        deps.onStoreError?.('get', err)
+        return { allow: false, code: 'store_unavailable', detail: 'grant store unavailable', ...who }
+      }
+      if (lookup.status === 'revoked') return { allow: false, code: 'grant_revoked', detail: 'grant revoked', ...who }
+      if (lookup.status !== 'active') return { allow: false, code: 'grant_not_found', detail: 'no live grant', ...who }
+      const grant = lookup.grant
+      if (grant.expiresAt <= now()) return { allow: false, code: 'grant_not_found', detail: 'grant expired', ...who }
+      if (grant.subject !== claims.sub || grant.resource !== resource.id) {
+        return { allow: false, code: 'grant_mismatch', detail: 'grant subject or resource differs from the token', ...who }
+      }
+      if (!scopesOf(grant).allows(input.method, path)) {
+        return { allow: false, code: 'scope_denied', detail: `${input.method} outside the grant's scopes`, ...who }
+      }
+      if (input.upgrade && !resource.websocket) {
+        return { allow: false, code: 'websocket_not_allowed', detail: 'resource does not accept WebSockets', ...who }
+      }
+      return { allow: true, resource, grant, claims, path, query }
+    },
+  }
+}

@@ -1,0 +1,607 @@
+/**
+ * The forwarding stage: moves an allowed request to its upstream and the response back.
+ *
+ * Plain HTTP goes through undici (one keep-alive `Pool` per origin, the core `dispatch` API, no
+ * intermediate streams). WebSocket handshakes go through http-proxy, whose ws pass is taken over
+ * where it would otherwise answer the client itself (see {@link UpgradeExchange}). Neither path
+ * throws or writes an error response: failures come back as a {@link ForwardFailure} and the caller
+ * answers the client with the code's JSON error.
+ */
+
+import { randomFillSync } from 'node:crypto'
+import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { performance } from 'node:perf_hooks'
+import httpProxy from 'http-proxy'
+import { Pool } from 'undici'
+import type { Dispatcher } from 'undici'
+import { buildDownstreamHeaders } from './headers.js'
+
+/** Where and how to send one request. */
+export interface ForwardTarget {
+  /** Scheme, host and port only, e.g. `http://127.0.0.1:9001`. */
+  readonly origin: string
+  /** Path and query sent upstream, byte for byte (the path the decision checked). */
+  readonly path: string
+  /** The upstream request headers, from `buildUpstreamHeaders`. */
+  readonly headers: OutgoingHttpHeaders
+  /** Budget from the call until the upstream's response headers (101 for upgrades) arrive. */
+  readonly timeoutMs: number
+}
+
+/**
+ * Why forwarding failed: `upstream_unavailable` (connection refused or reset, protocol error,
+ * upgrade refused: 502) or `upstream_timeout` (no response headers within `timeoutMs`, or the
+ * upstream stalled mid-body: 504). A client that goes away first is reported as
+ * `upstream_unavailable` with `responseStarted: true` and the detail `client closed the connection`.
+ */
+export type ForwardFailureCode = 'upstream_unavailable' | 'upstream_timeout'
+
+export interface ForwardFailure {
+  readonly ok: false
+  readonly code: ForwardFailureCode
+  /** Milliseconds from the call until the failure. */
+  readonly upstreamMs: number
+  /** For logs only (the upstream's error, status or the stage that failed); never sent to the client. */
+  readonly detail: string
+  /**
+   * False: nothing has been written, the caller writes the error response. True: the caller must
+   * not write, because the response had started (the client response has been destroyed, so the
+   * client sees a broken response) or the client has gone away.
+   */
+  readonly responseStarted: boolean
+}
+
+export type ForwardOutcome =
+  | {
+      readonly ok: true
+      readonly status: number
+      /** Milliseconds from the call until the upstream's response body ended. */
+      readonly upstreamMs: number
+    }
+  | ForwardFailure
+
+/** An open WebSocket tunnel. */
+export interface UpgradeHandle {
+  /**
+   * Closes the tunnel from the gateway's side: a close frame with `code` and `reason` (truncated to
+   * 123 bytes of UTF-8) to the client and, masked, to the upstream, each sent at the next frame
+   * boundary of its direction so it never lands inside a frame in flight; then both sockets end.
+   * Codes that may not be sent (RFC 6455 §7.4) go out as 1008. Idempotent.
+   */
+  close(code: number, reason: string): void
+  /** Resolves once both sockets have closed, whoever ended the connection. Never rejects. */
+  readonly closed: Promise<void>
+}
+
+export type UpgradeOutcome = { readonly ok: true; readonly handle: UpgradeHandle; readonly status: 101 } | ForwardFailure
+
+export interface Forwarder {
+  /**
+   * Forwards one HTTP request: streams the body up and the response (status, end-to-end headers,
+   * body) back; no redirect is followed. Resolves when the response has been written or forwarding
+   * has failed; never rejects.
+   */
+  forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget): Promise<ForwardOutcome>
+  /**
+   * Forwards a WebSocket handshake (GET with `Upgrade: websocket` in `target.headers`) and, once
+   * the upstream answers 101, tunnels the connection. On failure nothing has been written to
+   * `socket`: the caller answers with an HTTP error on it if it is still writable. Anything but
+   * a WebSocket handshake fails as `upstream_unavailable` without contacting the upstream; the
+   * pipeline should reject those earlier. Never rejects.
+   */
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, target: ForwardTarget): Promise<UpgradeOutcome>
+  /**
+   * Closes every pool once its in-flight requests are done; later calls fail as
+   * `upstream_unavailable`. Open tunnels belong to their handles and are left to them.
+   */
+  close(): Promise<void>
+}
+
+export interface ForwarderOptions {
+  /** Upper bound of open connections to one origin. Default 128. */
+  readonly connectionsPerOrigin?: number
+  /** How long an idle upstream connection is kept for reuse. Default 4000 (undici's). */
+  readonly keepAliveTimeoutMs?: number
+  /** TCP (and TLS) connect budget, also bounded by each request's `timeoutMs`. Default 5000. */
+  readonly connectTimeoutMs?: number
+}
+
+/** How long a closing tunnel waits for peers to finish their close handshakes before cutting them off. */
+const TUNNEL_CLOSE_GRACE_MS = 5_000
+
+/** The failure detail when the client went away first (no one is left to answer). */
+const CLIENT_GONE = 'client closed the connection'
+
+/** Node's own request-target check (`INVALID_PATH_REGEX`): http-proxy's request line is not validated again. */
+const INVALID_PATH = /[^\u0021-\u00ff]/
+
+/** Creates a forwarder. Each instance owns its pools; tests build their own. */
+export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
+  const poolOptions: Pool.Options = {
+    connections: opts.connectionsPerOrigin ?? 128,
+    keepAliveTimeout: opts.keepAliveTimeoutMs ?? 4_000,
+    connect: { timeout: opts.connectTimeoutMs ?? 5_000 },
+  }
+  const pools = new Map<string, Pool>()
+  const proxy = httpProxy.createProxyServer({ ws: true, xfwd: false })
+  // http-proxy emits `proxyReqWs` synchronously inside `proxy.ws()`, with the IncomingMessage but
+  // nothing else of ours: this map finds the exchange that is being started.
+  const starting = new WeakMap<IncomingMessage, UpgradeExchange>()
+  proxy.on('proxyReqWs', (proxyReq, req) => starting.get(req)?.attach(proxyReq))
+  let closed = false
+
+  function poolFor(origin: string): Pool {
+    let pool = pools.get(origin)
+    if (pool === undefined) {
+      pool = new Pool(origin, poolOptions)
+      pools.set(origin, pool)
+    }
+    return pool
+  }
+
+  return {
+    forward(req, res, target) {
+      const started = performance.now()
+      if (closed) return Promise.resolve(failure('upstream_unavailable', started, 'forwarder closed', false))
+      let pool: Pool
+      try {
+        pool = poolFor(target.origin)
+      } catch (err) {
+        return Promise.resolve(failure('upstream_unavailable', started, describe(err), false))
+      }
+      return new Promise((resolve) => {
+        const exchange = new HttpExchange(req, res, target.timeoutMs, started, resolve)
+        pool.dispatch(
+          {
+            path: target.path,
+            method: req.method ?? 'GET',
+            headers: target.headers as IncomingHttpHeaders,
+            body: hasRequestBody(req) ? req : null,
+          },
+          exchange,
+        )
+      })
+    },
+
+    upgrade(req, socket, head, target) {
+      const started = performance.now()
+      const upgradeHeader = target.headers.upgrade
+      if (closed) return Promise.resolve(failure('upstream_unavailable', started, 'forwarder closed', false))
+      if (req.method !== 'GET' || typeof upgradeHeader !== 'string' || upgradeHeader.toLowerCase() !== 'websocket') {
+        // http-proxy would silently destroy the socket (ws-incoming.js checkMethodAndHeader).
+        return Promise.resolve(failure('upstream_unavailable', started, 'not a WebSocket handshake', false))
+      }
+      if (INVALID_PATH.test(target.path)) {
+        return Promise.resolve(failure('upstream_unavailable', started, 'invalid request path', false))
+      }
+      return new Promise((resolve) => {
+        new UpgradeExchange(req, socket, target, started, resolve).start(proxy, starting, head)
+      })
+    },
+
+    async close() {
+      if (closed) return
+      closed = true
+      // The http-proxy instance holds nothing to release: each handshake uses its own connection
+      // (agent: false) and nothing listens. Only the pools own sockets.
+      const all = [...pools.values()]
+      pools.clear()
+      await Promise.all(all.map((pool) => pool.close()))
+    },
+  }
+}
+
+function failure(code: ForwardFailureCode, started: number, detail: string, responseStarted: boolean): ForwardFailure {
+  return { ok: false, code, upstreamMs: performance.now() - started, detail, responseStarted }
+}
+
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err)
+  const code = (err as { code?: unknown }).code
+  return typeof code === 'string' ? `${code}: ${err.message}` : err.message
+}
+
+/** undici's timeout errors; any other upstream error means the upstream is not usable. */
+function failureCode(err: unknown): ForwardFailureCode {
+  const code = (err as { code?: unknown } | null)?.code
+  return code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT'
+    ? 'upstream_timeout'
+    : 'upstream_unavailable'
+}
+
+/**
+ * RFC 9112 §6.3: a request has a body exactly when it carries Transfer-Encoding or a Content-Length
+ * (a zero length sends no bytes). Handing undici `req` only then keeps bodiless requests from
+ * being sent chunked; a chunked DELETE or OPTIONS body is streamed like any other.
+ */
+function hasRequestBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+}
+
+/**
+ * One HTTP request in flight: the undici handler that streams the response into `res`, with the
+ * header-timeout timer and the client-abort watch. Settles exactly once.
+ */
+class HttpExchange implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | undefined
+  private readonly timer: NodeJS.Timeout
+  private status = 0
+  private settled = false
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    timeoutMs: number,
+    private readonly started: number,
+    private readonly resolve: (outcome: ForwardOutcome) => void,
+  ) {
+    this.timer = setTimeout(this.onTimeout, timeoutMs)
+    res.once('close', this.onClientClose)
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    // Called once the request is about to be written on a connection. A request given up while it
+    // waited for one (timeout, client gone) can only be cancelled from here.
+    if (this.settled) controller.abort(new Error('request abandoned before it was sent'))
+    else this.controller = controller
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    if (this.settled) return
+    clearTimeout(this.timer)
+    this.status = statusCode
+    try {
+      // Node's standard reason phrase: the upstream's carries no meaning (RFC 9112 §4) and could
+      // hold bytes Node refuses to write.
+      this.res.writeHead(statusCode, buildDownstreamHeaders(headers))
+    } catch (err) {
+      controller.abort(err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.res.write(chunk)) {
+      controller.pause()
+      this.res.once('drain', this.onDrain)
+    }
+  }
+
+  onResponseEnd(): void {
+    if (this.settled) return
+    this.res.end()
+    this.settle({ ok: true, status: this.status, upstreamMs: performance.now() - this.started })
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.settled) return
+    const responseStarted = this.res.headersSent
+    if (this.req.socket.destroyed) {
+      // An aborted upload reaches undici as a body error: say which side went away.
+      this.settle(failure('upstream_unavailable', this.started, CLIENT_GONE, true))
+      return
+    }
+    this.settle(failure(failureCode(err), this.started, describe(err), responseStarted))
+    if (responseStarted) this.res.destroy()
+  }
+
+  private readonly onTimeout = (): void => {
+    this.settle(failure('upstream_timeout', this.started, 'no response headers in time', false))
+    this.controller?.abort(new Error('upstream response headers timed out'))
+  }
+
+  private readonly onClientClose = (): void => {
+    this.settle(failure('upstream_unavailable', this.started, CLIENT_GONE, true))
+    this.controller?.abort(new Error(CLIENT_GONE))
+  }
+
+  private readonly onDrain = (): void => {
+    this.controller?.resume()
+  }
+
+  private settle(outcome: ForwardOutcome): void {
+    if (this.settled) return
+    this.settled = true
+    clearTimeout(this.timer)
+    this.res.off('close', this.onClientClose)
+    this.resolve(outcome)
+  }
+}
+
+/**
+ * One WebSocket handshake through http-proxy.
+ *
+ * http-proxy's ws pass (lib/http-proxy/passes/ws-incoming.js `stream`) would, on a non-101
+ * answer, relay the upstream's response onto the client socket itself (re-framing chunked bodies
+ * wrongly), and on any upstream error end the client socket after calling back, so the caller
+ * could never answer 502/504. It also has no handshake timeout, and its `open` event does not say
+ * which request it belongs to. So: `proxyReqWs` (emitted synchronously inside `proxy.ws()`) hands
+ * us the upstream request, which gets the exact checked path (http-proxy's `urlJoin` would collapse
+ * `//`); right after `proxy.ws()` returns, http-proxy's `response` and `error` listeners on that
+ * request are replaced by ours, and its `upgrade` listener stays: it writes the 101 and pipes the
+ * sockets, and ours, registered after it, then reports success.
+ */
+class UpgradeExchange {
+  private proxyReq: ClientRequest | undefined
+  private timer: NodeJS.Timeout | undefined
+  private settled = false
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly socket: Duplex,
+    private readonly target: ForwardTarget,
+    private readonly started: number,
+    private readonly resolve: (outcome: UpgradeOutcome) => void,
+  ) {}
+
+  start(proxy: httpProxy, starting: WeakMap<IncomingMessage, UpgradeExchange>, head: Buffer): void {
+    // Node's server stops listening for socket errors once it hands over an upgrade; without a
+    // listener a client reset would crash the process. Errors surface as 'close', acted on below.
+    this.socket.on('error', ignoreError)
+    this.socket.once('close', this.onClientClose)
+    this.timer = setTimeout(this.onTimeout, this.target.timeoutMs)
+
+    // http-proxy copies `req.headers` into the upstream request (common.js setupOutgoing), and only
+    // synchronously: swap the prepared headers in for the call, then give the caller its own back.
+    const clientHeaders = this.req.headers
+    this.req.headers = this.target.headers as IncomingHttpHeaders
+    starting.set(this.req, this)
+    try {
+      proxy.ws(this.req, this.socket, head, { target: this.target.origin }, ignoreError)
+    } catch (err) {
+      // Node's ClientRequest validates headers and throws synchronously.
+      this.settle(failure('upstream_unavailable', this.started, describe(err), false))
+      return
+    } finally {
+      this.req.headers = clientHeaders
+      starting.delete(this.req)
+    }
+
+    const proxyReq = this.proxyReq
+    if (proxyReq === undefined) {
+      this.settle(failure('upstream_unavailable', this.started, 'http-proxy did not start the handshake', false))
+      return
+    }
+    // Removal happens before any of these events can fire: they are all emitted asynchronously.
+    // The per-call callback above then only sees upstream socket errors after the 101, when
+    // http-proxy ending the client socket is right and the tunnel follows the close.
+    proxyReq.removeAllListeners('response').removeAllListeners('error')
+    proxyReq.on('response', this.onRefused).on('error', this.onUpstreamError).on('upgrade', this.onUpgraded)
+  }
+
+  /** `proxyReqWs`: the upstream request exists and nothing has been written yet. */
+  attach(proxyReq: ClientRequest): void {
+    this.proxyReq = proxyReq
+    proxyReq.path = this.target.path
+  }
+
+  private readonly onRefused = (upstreamRes: IncomingMessage): void => {
+    this.settle(
+      failure('upstream_unavailable', this.started, `upstream refused the upgrade with ${upstreamRes.statusCode}`, false),
+    )
+    this.proxyReq?.destroy()
+  }
+
+  private readonly onUpstreamError = (err: Error): void => {
+    this.settle(failure(failureCode(err), this.started, describe(err), false))
+  }
+
+  private readonly onUpgraded = (_upstreamRes: IncomingMessage, upstream: Duplex): void => {
+    this.settle({ ok: true, handle: new Tunnel(this.socket, upstream), status: 101 })
+  }
+
+  private readonly onTimeout = (): void => {
+    this.settle(failure('upstream_timeout', this.started, 'no handshake response in time', false))
+    this.proxyReq?.destroy()
+  }
+
+  private readonly onClientClose = (): void => {
+    this.settle(failure('upstream_unavailable', this.started, CLIENT_GONE, true))
+    this.proxyReq?.destroy()
+  }
+
+  private settle(outcome: UpgradeOutcome): void {
+    if (this.settled) return
+    this.settled = true
+    clearTimeout(this.timer)
+    this.socket.off('close', this.onClientClose)
+    this.resolve(outcome)
+  }
+}
+
+function ignoreError(): void {}
+
+/**
+ * An established WebSocket tunnel: http-proxy pipes the two sockets; this watches frame boundaries
+ * in both directions so a gateway close can be injected cleanly, and tracks when both sockets close.
+ */
+class Tunnel implements UpgradeHandle {
+  readonly closed: Promise<void>
+  private readonly toClient: TunnelDirection
+  private readonly toUpstream: TunnelDirection
+  private open = 2
+  private closing = false
+  private grace: NodeJS.Timeout | undefined
+  private resolveClosed: () => void = ignoreError
+
+  constructor(
+    private readonly client: Duplex,
+    private readonly upstream: Duplex,
+  ) {
+    this.closed = new Promise((resolve) => {
+      this.resolveClosed = resolve
+    })
+    this.toClient = new TunnelDirection(upstream, client)
+    this.toUpstream = new TunnelDirection(client, upstream)
+    whenClosed(client, () => this.onSocketClosed(upstream))
+    whenClosed(upstream, () => this.onSocketClosed(client))
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closing) return
+    this.closing = true
+    const payload = closePayload(code, reason)
+    this.toClient.close(closeFrame(payload, false))
+    this.toUpstream.close(closeFrame(payload, true))
+    this.armGrace()
+  }
+
+  private onSocketClosed(other: Duplex): void {
+    if (--this.open === 0) {
+      clearTimeout(this.grace)
+      this.resolveClosed()
+      return
+    }
+    // The pipe ends the other side on a clean end, but not when a socket is destroyed.
+    other.end()
+    this.armGrace()
+  }
+
+  /** A peer that never finishes its side of the close must not hold the tunnel open. */
+  private armGrace(): void {
+    this.grace ??= setTimeout(() => {
+      this.client.destroy()
+      this.upstream.destroy()
+    }, TUNNEL_CLOSE_GRACE_MS).unref()
+  }
+}
+
+function whenClosed(stream: Duplex, onClose: () => void): void {
+  if (stream.closed) queueMicrotask(onClose)
+  else stream.once('close', onClose)
+}
+
+/** One direction of a tunnel: frame-boundary tracking, and the close frame injection. */
+class TunnelDirection {
+  private readonly cursor = new FrameCursor()
+  private state: 'open' | 'draining' | 'done' = 'open'
+  private frame: Buffer | undefined
+
+  constructor(
+    private readonly src: Duplex,
+    private readonly dst: Duplex,
+  ) {
+    // Registered after http-proxy's pipe, so it sees exactly the chunks the pipe writes.
+    src.on('data', this.onData)
+  }
+
+  /** Stops the pipe and sends `frame` at the next frame boundary, then ends `dst`. */
+  close(frame: Buffer): void {
+    this.src.unpipe(this.dst)
+    if (!this.dst.writable) {
+      this.state = 'done'
+    } else if (this.cursor.atBoundary) {
+      this.finish(frame)
+    } else {
+      this.state = 'draining'
+      this.frame = frame
+    }
+    // Keep reading (forwarding the rest of the frame in flight, then discarding) so the peer's
+    // close handshake and FIN are seen.
+    this.src.resume()
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.state === 'open') {
+      this.cursor.advance(chunk, false)
+    } else if (this.state === 'draining' && this.frame !== undefined) {
+      const used = this.cursor.advance(chunk, true)
+      this.dst.write(used === chunk.length ? chunk : chunk.subarray(0, used))
+      if (this.cursor.atBoundary) this.finish(this.frame)
+    }
+  }
+
+  private finish(frame: Buffer): void {
+    this.state = 'done'
+    this.dst.end(frame)
+  }
+}
+
+/**
+ * Where a byte stream stands in the WebSocket framing (RFC 6455 §5.2), without buffering payload:
+ * only a frame header (at most 14 bytes) is ever held, to learn the payload length.
+ */
+export class FrameCursor {
+  private readonly header = Buffer.alloc(14)
+  private headerLength = 0
+  private payloadLeft = 0
+
+  /** True between frames. */
+  get atBoundary(): boolean {
+    return this.headerLength === 0 && this.payloadLeft === 0
+  }
+
+  /**
+   * Moves past `chunk`, or with `stopAtBoundary` only up to the next frame boundary.
+   * Returns how many bytes of `chunk` were consumed.
+   */
+  advance(chunk: Buffer, stopAtBoundary: boolean): number {
+    let i = 0
+    while (i < chunk.length) {
+      if (this.payloadLeft > 0) {
+        const n = Math.min(this.payloadLeft, chunk.length - i)
+        this.payloadLeft -= n
+        i += n
+      } else {
+        this.header[this.headerLength++] = chunk[i++] as number
+        if (this.headerLength === headerSize(this.header, this.headerLength)) {
+          this.payloadLeft = payloadLength(this.header)
+          this.headerLength = 0
+        }
+      }
+      if (stopAtBoundary && this.atBoundary) break
+    }
+    return i
+  }
+}
+
+/** Total header size once the first two bytes are known (RFC 6455 §5.2), else 0. */
+function headerSize(header: Buffer, known: number): number {
+  if (known < 2) return 0
+  const second = header[1] as number
+  const length7 = second & 0x7f
+  return 2 + (length7 === 126 ? 2 : length7 === 127 ? 8 : 0) + (second & 0x80 ? 4 : 0)
+}
+
+function payloadLength(header: Buffer): number {
+  const length7 = (header[1] as number) & 0x7f
+  if (length7 === 126) return header.readUInt16BE(2)
+  if (length7 === 127) return header.readUInt32BE(2) * 2 ** 32 + header.readUInt32BE(6)
+  return length7
+}
+
+/** RFC 6455 §7.4: the codes an endpoint may put in a close frame. */
+function isSendableCloseCode(code: number): boolean {
+  return (
+    (Number.isInteger(code) && code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) ||
+    (Number.isInteger(code) && code >= 3000 && code <= 4999)
+  )
+}
+
+/** Status code and reason; a control frame's payload is at most 125 bytes (RFC 6455 §5.5). */
+function closePayload(code: number, reason: string): Buffer {
+  let text = Buffer.from(reason, 'utf8')
+  if (text.length > 123) {
+    // Cut before the lead byte of a character that would not fit whole: the client must get
+    // valid UTF-8 (§5.5.1), or it fails the connection with 1007.
+    let end = 123
+    while (end > 0 && ((text[end] as number) & 0xc0) === 0x80) end--
+    text = text.subarray(0, end)
+  }
+  const payload = Buffer.allocUnsafe(2 + text.length)
+  payload.writeUInt16BE(isSendableCloseCode(code) ? code : 1008, 0)
+  text.copy(payload, 2)
+  return payload
+}
+
+/** A close frame (FIN, opcode 0x8); frames to a server must be masked (RFC 6455 §5.3). */
+function closeFrame(payload: Buffer, masked: boolean): Buffer {
+  if (!masked) return Buffer.concat([Buffer.from([0x88, payload.length]), payload])
+  const frame = Buffer.allocUnsafe(6 + payload.length)
+  frame[0] = 0x88
+  frame[1] = 0x80 | payload.length
+  randomFillSync(frame, 2, 4)
+  for (let i = 0; i < payload.length; i++) frame[6 + i] = (payload[i] as number) ^ (frame[2 + (i & 3)] as number)
+  return frame
+}

@@ -1,0 +1,137 @@
+/**
+ * Header rewriting at the gateway's two hops. Upstream: the client's end-to-end headers minus
+ * everything the gateway owns or must not pass on, plus the gateway's forwarding, identity and
+ * credential headers. Downstream: the upstream's response headers minus its hop-by-hop ones.
+ */
+
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http'
+
+/** What the gateway knows about an allowed request that the upstream must be told. */
+export interface UpstreamHeaderContext {
+  /** The client's address as the gateway saw it (after any trusted-proxy resolution). */
+  readonly clientIp: string
+  readonly proto: 'http' | 'https'
+  /** The client's Host header. */
+  readonly host: string
+  readonly requestId: string
+  readonly identity: { readonly subject: string; readonly grantId: string }
+  /** Configured upstream credentials, names lowercased. */
+  readonly inject: ReadonlyArray<readonly [name: string, value: string]>
+  /** The Host sent upstream, e.g. `127.0.0.1:9001`. */
+  readonly upstreamHost: string
+  /** True for a WebSocket handshake: keeps `Connection: upgrade` and the client's `Upgrade`. */
+  readonly upgrade: boolean
+}
+
+/** Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never the next hop's. */
+const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+])
+
+/**
+ * Client headers never passed on, whatever else the request carries:
+ * - hop-by-hop headers;
+ * - `authorization`: the vendor's JIT token is the gateway's credential, never the upstream's;
+ * - forwarding and identity headers, which only the gateway may assert (the client's are forgeable);
+ * - `expect`: Node's server has already answered `100-continue` to the client, and undici refuses
+ *   to send the header at all.
+ * `x-forwarded-*` and `x-jit-*` are matched by prefix in {@link isStrippedFromRequest}.
+ */
+const REQUEST_STRIPPED: ReadonlySet<string> = new Set([
+  ...HOP_BY_HOP,
+  'authorization',
+  'forwarded',
+  'x-real-ip',
+  'x-request-id',
+  'expect',
+])
+
+function isStrippedFromRequest(name: string): boolean {
+  return REQUEST_STRIPPED.has(name) || name.startsWith('x-forwarded-') || name.startsWith('x-jit-')
+}
+
+function isHopByHop(name: string): boolean {
+  return HOP_BY_HOP.has(name)
+}
+
+/**
+ * The extra header names a `Connection` header declares hop-by-hop (RFC 9110 §7.6.1), or undefined
+ * when it names none beyond the ones `alwaysStripped` already drops (the usual `keep-alive`, `close`,
+ * `upgrade`), which spares the common case a Set.
+ */
+function connectionOptions(
+  value: string | string[] | undefined,
+  alwaysStripped: (name: string) => boolean,
+): ReadonlySet<string> | undefined {
+  if (value === undefined) return undefined
+  let names: Set<string> | undefined
+  for (const token of (typeof value === 'string' ? value : value.join(',')).split(',')) {
+    const name = token.trim().toLowerCase()
+    if (name !== '' && !alwaysStripped(name)) (names ??= new Set()).add(name)
+  }
+  return names
+}
+
+/**
+ * Builds the headers sent upstream for an allowed request.
+ *
+ * Iterates `req.headers` once: Node has already lowercased the names, and it joins repeated
+ * lines the way RFC 9110 §5.3 allows (`, `; `cookie` with `; ` as RFC 6265 §5.4 asks; `set-cookie`
+ * kept as an array), so the upstream sees exactly the header values the gateway checked.
+ *
+ * The gateway's own headers are written after the client's are filtered, so neither a client header
+ * of the same name nor a name listed in the client's `Connection` header can displace them. Injected
+ * credentials replace any client header of the same name; the forwarding and identity headers are
+ * written last and win even over a credential of the same name.
+ */
+export function buildUpstreamHeaders(req: IncomingMessage, ctx: UpstreamHeaderContext): OutgoingHttpHeaders {
+  const src = req.headers
+  const declaredHopByHop = connectionOptions(src.connection, isStrippedFromRequest)
+  const out: OutgoingHttpHeaders = {}
+
+  for (const name of Object.keys(src)) {
+    if (isStrippedFromRequest(name) || declaredHopByHop?.has(name) === true) continue
+    out[name] = src[name]
+  }
+
+  if (ctx.upgrade) {
+    // RFC 6455 §4.1: the handshake needs both, and `Connection` must name `Upgrade` for this hop.
+    out.connection = 'upgrade'
+    if (src.upgrade !== undefined) out.upgrade = src.upgrade
+  }
+
+  for (const [name, value] of ctx.inject) out[name] = value
+
+  out['x-forwarded-for'] = ctx.clientIp
+  out['x-forwarded-proto'] = ctx.proto
+  out['x-forwarded-host'] = ctx.host
+  out['x-request-id'] = ctx.requestId
+  out['x-jit-subject'] = ctx.identity.subject
+  out['x-jit-grant'] = ctx.identity.grantId
+  out.host = ctx.upstreamHost
+  return out
+}
+
+/**
+ * Builds the response headers sent to the client from the upstream's (names lowercased, repeated
+ * fields as arrays, as undici parses them): hop-by-hop headers and those the upstream's `Connection`
+ * header names are dropped, so Node frames the client's response itself; every `set-cookie` line is
+ * kept as its own array entry.
+ */
+export function buildDownstreamHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const declaredHopByHop = connectionOptions(upstream.connection, isHopByHop)
+  const out: OutgoingHttpHeaders = {}
+  for (const name of Object.keys(upstream)) {
+    if (isHopByHop(name) || declaredHopByHop?.has(name) === true) continue
+    out[name] = upstream[name]
+  }
+  return out
+}

@@ -1,0 +1,219 @@
+/**
+ * Composes one gateway instance from its stages and runs its two listeners:
+ * config → policy → keys/tokens → grant store → decision → forwarding → audit/metrics,
+ * with the control plane beside the data plane. `startGateway` is what `jitgate serve` runs and
+ * what tests start in-process on port 0.
+ */
+import type { AddressInfo } from 'node:net'
+import type { Server } from 'node:http'
+import type { Writable } from 'node:stream'
+import { pino, type Logger } from 'pino'
+import type { GatewayConfig } from './config/config.js'
+import { loadPolicy, type Policy } from './policy/policy.js'
+import { loadKeyRing, type KeyRing } from './authn/keys.js'
+import { createTokenIssuer, createTokenVerifier } from './authn/token.js'
+import type { GrantStore } from './grants/types.js'
+import { createMemoryGrantStore } from './grants/memory-store.js'
+import { createRedisGrantStore } from './grants/redis-store.js'
+import { createDecider } from './decision/decide.js'
+import { createForwarder } from './forward/forwarder.js'
+import { createAuditLog, type AuditLog } from './audit/audit-log.js'
+import { createMetrics } from './metrics/metrics.js'
+import { createDataPlane } from './dataplane/server.js'
+import { ConnectionRegistry } from './dataplane/connections.js'
+import { createControlPlane } from './control/server.js'
+import { createGrantService } from './control/grant-service.js'
+import { formatListen, isLoopback } from './util/listen.js'
+
+export interface GatewayOptions {
+  readonly config: GatewayConfig
+  /** Audit destination override (tests pass a stream to read the real JSON lines). */
+  readonly auditStream?: Writable
+  /** Operational log (not the audit trail); default pino to stderr. */
+  readonly log?: Logger
+  /** Environment for policy secrets; default process.env. */
+  readonly env?: NodeJS.ProcessEnv
+}
+
+export interface RunningGateway {
+  readonly dataUrl: string
+  readonly controlUrl: string
+  readonly store: GrantStore
+  readonly audit: AuditLog
+  readonly policy: () => Policy
+  readonly keys: KeyRing
+  /** Stops accepting, drains in-flight requests (bounded), closes WebSockets, flushes audit. */
+  stop(): Promise<void>
+}
+
+export class StartupError extends Error {
+  override readonly name = 'StartupError'
+}
+
+export async function startGateway(opts: GatewayOptions): Promise<RunningGateway> {
+  const { config } = opts
+  const log = opts.log ?? pino({ level: config.logLevel, base: { gateway_id: config.gatewayId } }, pino.destination(2))
+
+  if (config.controlPlane.adminToken === undefined && !isLoopback(config.controlPlane.listen.host)) {
+    throw new StartupError(
+      `the control plane listens on ${formatListen(config.controlPlane.listen)} but no admin token is configured: ` +
+        'set JITGATE_ADMIN_TOKEN (or control_plane.admin_token_file), or listen on a loopback address',
+    )
+  }
+
+  const policy = loadPolicy(config.policyDir, { env: opts.env ?? process.env })
+  let currentPolicy = policy
+  const getPolicy = () => currentPolicy
+
+  const keys = await loadKeyRing(
+    { signingKey: config.tokens.signingKey, verificationKeyFiles: config.tokens.verificationKeyFiles, dataDir: config.dataDir },
+    (file) => log.warn({ file }, 'generated a development signing key (mode 0600); configure tokens.signing_key_file for production'),
+  )
+  const verifier = createTokenVerifier({
+    keys,
+    issuer: config.tokens.issuer,
+    clockToleranceS: config.tokens.clockToleranceS,
+    cacheSize: config.tokens.cacheSize,
+  })
+  const issuer = createTokenIssuer(keys, config.tokens.issuer)
+
+  const store: GrantStore =
+    config.store.kind === 'redis'
+      ? createRedisGrantStore({
+          url: config.store.url,
+          keyPrefix: config.store.keyPrefix,
+          timeoutMs: config.store.timeoutMs,
+          minTombstoneMs: config.store.tombstoneMs,
+          onError: rateLimited((err: Error) => log.warn({ err: err.message }, 'grant store error'), 5000),
+        })
+      : createMemoryGrantStore({ timeoutMs: config.store.timeoutMs, minTombstoneMs: config.store.tombstoneMs })
+
+  const audit = createAuditLog({
+    output: opts.auditStream ?? config.audit.output,
+    gatewayId: config.gatewayId,
+    policyVersion: () => currentPolicy.version,
+  })
+  const metrics = createMetrics({ activeGrants: () => store.count() })
+  const connections = new ConnectionRegistry()
+  const forwarder = createForwarder({ connectTimeoutMs: config.dataPlane.connectTimeoutMs })
+
+  const decider = createDecider({
+    policy: getPolicy,
+    verifier: () => verifier,
+    store,
+    onStoreError: (operation) => metrics.storeErrors.inc({ operation }),
+  })
+  const grants = createGrantService({ store, policy: getPolicy, tokens: () => issuer, audit, metrics })
+
+  // Revocations from any replica close this replica's open WebSockets of that grant.
+  const unsubscribe = store.subscribe((event) => {
+    if (event.type === 'revoked') connections.closeGrant(event.revocation.id, 'grant_revoked', 'grant revoked')
+  })
+
+  let draining = false
+  const dataPlane = createDataPlane({
+    decider,
+    forwarder,
+    audit,
+    metrics,
+    connections,
+    log,
+    upstreamTimeoutMs: config.dataPlane.upstreamTimeoutMs,
+    publicProto: config.dataPlane.publicProto,
+  })
+  const control = createControlPlane({
+    store,
+    policy: getPolicy,
+    keys: () => keys,
+    grants,
+    audit,
+    metrics,
+    log,
+    adminToken: config.controlPlane.adminToken,
+    gatewayId: config.gatewayId,
+    isDraining: () => draining,
+  })
+
+  try {
+    await listen(dataPlane.server, config.dataPlane.listen.host, config.dataPlane.listen.port)
+    await listen(control, config.controlPlane.listen.host, config.controlPlane.listen.port)
+  } catch (err) {
+    dataPlane.server.close()
+    control.close()
+    unsubscribe()
+    await Promise.allSettled([store.close(), forwarder.close()])
+    throw new StartupError(`cannot listen: ${(err as Error).message}`)
+  }
+  const dataUrl = urlOf(dataPlane.server)
+  const controlUrl = urlOf(control)
+  audit.emit('policy.loaded', { policy_files: policy.files.map((f) => f.split('/').pop() as string) })
+  audit.emit('gateway.started', { store: store.kind, listen: { data: dataUrl, control: controlUrl } })
+  log.info({ data: dataUrl, control: controlUrl, store: store.kind, policy_version: policy.version, resources: [...policy.resources.keys()] }, 'jitgate listening')
+
+  let stopping: Promise<void> | undefined
+  return {
+    dataUrl,
+    controlUrl,
+    store,
+    audit,
+    policy: getPolicy,
+    keys,
+    stop() {
+      stopping ??= (async () => {
+        draining = true
+        const closed = Promise.all([closeServer(dataPlane.server), closeServer(control)])
+        dataPlane.server.closeIdleConnections()
+        control.closeIdleConnections()
+        connections.closeAll('gateway_shutdown', 'gateway shutting down')
+        const deadline = Date.now() + config.dataPlane.drainTimeoutMs
+        while (dataPlane.inflight() > 0 && Date.now() < deadline) await sleep(25)
+        if (dataPlane.inflight() > 0) log.warn({ inflight: dataPlane.inflight() }, 'drain timeout: closing remaining connections')
+        dataPlane.server.closeAllConnections()
+        control.closeAllConnections()
+        await closed
+        // Let the audit lines of requests that just finished be written before flushing.
+        await sleep(0)
+        unsubscribe()
+        await Promise.allSettled([forwarder.close(), store.close()])
+        audit.emit('gateway.stopped', {})
+        await audit.close()
+      })()
+      return stopping
+    },
+  }
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()))
+}
+
+function urlOf(server: Server): string {
+  const a = server.address() as AddressInfo
+  const host = a.family === 'IPv6' ? `[${a.address}]` : a.address
+  return `http://${host === '0.0.0.0' ? '127.0.0.1' : host === '[::]' ? '[::1]' : host}:${a.port}`
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}
+
+function rateLimited<A extends unknown[]>(fn: (...a: A) => void, everyMs: number): (...a: A) => void {
+  let last = 0
+  return (...a) => {
+    const t = Date.now()
+    if (t - last >= everyMs) {
+      last = t
+      fn(...a)
+    }
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * In-process grant store: the embedded default when no Redis is configured (one gateway process).
+ * Same observable behaviour as the Redis store (test/grants/contract.ts), with `now()` as the only
+ * clock: expiry is checked lazily on every read, and a background sweep only reclaims memory.
+ */
+import {
+  GrantExistsError,
+  StoreUnavailableError,
+  type Grant,
+  type GrantEvent,
+  type GrantLookup,
+  type GrantStore,
+  type GrantStoreOptions,
+  type Revocation,
+} from './types.js'
+
+/** How often expired grants and tombstones are dropped; reads never depend on it. */
+const SWEEP_INTERVAL_MS = 1000
+
+const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
+
+interface Tombstone {
+  readonly revocation: Revocation
+  /** Epoch ms after which the tombstone is gone: max(grant expiry, revokedAt + minTombstoneMs). */
+  readonly until: number
+}
+
+export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
+  const now = opts.now ?? Date.now
+  const onError = opts.onError ?? (() => {})
+  const grants = new Map<string, Grant>()
+  const tombstones = new Map<string, Tombstone>()
+  const listeners = new Set<(event: GrantEvent) => void>()
+  let closed = false
+
+  const sweep = (): void => {
+    const t = now()
+    for (const [id, grant] of grants) if (grant.expiresAt <= t) grants.delete(id)
+    for (const [id, tomb] of tombstones) if (tomb.until <= t) tombstones.delete(id)
+  }
+  // unref: an idle store must never keep the process alive.
+  const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS).unref()
+
+  /** The live grant, dropping it on the spot if it has expired. */
+  const liveGrant = (id: string, t: number): Grant | undefined => {
+    const grant = grants.get(id)
+    if (grant === undefined || grant.expiresAt > t) return grant
+    grants.delete(id)
+    return undefined
+  }
+
+  const liveTombstone = (id: string, t: number): Tombstone | undefined => {
+    const tomb = tombstones.get(id)
+    if (tomb === undefined || tomb.until > t) return tomb
+    tombstones.delete(id)
+    return undefined
+  }
+
+  /**
+   * Delivers after the current operation has returned (as Redis pub/sub would), to the listeners
+   * subscribed at emit time that are still subscribed at delivery time.
+   */
+  const emit = (event: GrantEvent): void => {
+    const targets = [...listeners]
+    queueMicrotask(() => {
+      for (const listener of targets) {
+        if (!listeners.has(listener)) continue
+        try {
+          listener(event)
+        } catch (err) {
+          onError(err instanceof Error ? err : new Error(String(err)))
+        }
+      }
+    })
+  }
+
+  /** Operations after close() fail like an unreachable store would, rather than silently work. */
+  const assertOpen = (): void => {
+    if (closed) throw new StoreUnavailableError('grant store is closed')
+  }
+
+  return {
+    kind: 'memory',
+
+    async create(grant) {
+      assertOpen()
+      const t = now()
+      if (grant.expiresAt <= t) throw new RangeError(`grant ${grant.id} has already expired`)
+      if (liveGrant(grant.id, t) !== undefined || liveTombstone(grant.id, t) !== undefined) {
+        throw new GrantExistsError(`grant ${grant.id} already exists`)
+      }
+      // A frozen copy: the caller may reuse its object, and readers share ours safely.
+      const stored: Grant = Object.freeze({ ...grant, scopes: Object.freeze([...grant.scopes]) })
+      grants.set(grant.id, stored)
+      emit({ type: 'issued', grant: stored })
+    },
+
+    async get(id) {
+      assertOpen()
+      const t = now()
+      const tomb = liveTombstone(id, t)
+      if (tomb !== undefined) return { status: 'revoked', revocation: tomb.revocation }
+      const grant = liveGrant(id, t)
+      return grant === undefined ? NOT_FOUND : { status: 'active', grant }
+    },
+
+    async list() {
+      assertOpen()
+      const t = now()
+      const active = [...grants.values()].filter((g) => g.expiresAt > t)
+      // Same order as the Redis sorted set: by expiry, ties by id.
+      return active.sort((a, b) => a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    },
+
+    async count() {
+      assertOpen()
+      const t = now()
+      let n = 0
+      for (const grant of grants.values()) if (grant.expiresAt > t) n++
+      return n
+    },
+
+    async revoke(id, by, reason) {
+      assertOpen()
+      const t = now()
+      const grant = liveGrant(id, t)
+      if (grant === undefined) return null
+      const revocation: Revocation = Object.freeze({
+        id,
+        revokedAt: t,
+        revokedBy: by,
+        reason,
+        subject: grant.subject,
+        resource: grant.resource,
+      })
+      grants.delete(id)
+      tombstones.set(id, { revocation, until: Math.max(grant.expiresAt, t + opts.minTombstoneMs) })
+      emit({ type: 'revoked', revocation })
+      return revocation
+    },
+
+    subscribe(listener) {
+      assertOpen()
+      // A wrapper per call, so subscribing the same function twice gives two independent subscriptions.
+      const subscription = (event: GrantEvent): void => listener(event)
+      listeners.add(subscription)
+      return () => {
+        listeners.delete(subscription)
+      }
+    },
+
+    async ping() {
+      assertOpen()
+    },
+
+    async close() {
+      closed = true
+      clearInterval(sweeper)
+      listeners.clear()
+      grants.clear()
+      tombstones.clear()
+    },
+  }
+}

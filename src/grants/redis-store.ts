@@ -1,0 +1,322 @@
+/**
+ * Redis grant store, shared by every gateway replica.
+ *
+ * Keys (P = keyPrefix, default `jitgate:`):
+ *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does
+ *   P{id}:revoked  the revocation tombstone's JSON, PX = max(remaining grant time, minTombstoneMs)
+ *   Pgrants        sorted set of grant ids scored by expiresAt, only for list()/count()
+ *   Pevents        pub/sub channel carrying GrantEvent JSON
+ * The `{id}` hash tag puts both keys of one grant in the same Redis Cluster slot, so the Lua
+ * scripts and the MGET below only ever touch one slot. (The hash tag is the text between the
+ * first `{` and the next `}`; both keys share the prefix `P{id}`, so they always hash alike.)
+ *
+ * Failure policy: fail closed and fast. No offline queue and no command replay, so a request is
+ * either sent on a live connection or rejected at once; every operation also has a deadline of
+ * `timeoutMs` (covering a hung server, which keeps the socket open but never answers). Failures
+ * surface as StoreUnavailableError, the data plane answers 503, and the connection keeps
+ * reconnecting in the background so the store recovers by itself when Redis is back.
+ */
+import { Redis, type RedisOptions } from 'ioredis'
+import {
+  GrantExistsError,
+  StoreUnavailableError,
+  type Grant,
+  type GrantEvent,
+  type GrantLookup,
+  type GrantStore,
+  type RedisGrantStoreOptions,
+  type Revocation,
+} from './types.js'
+
+/**
+ * KEYS: grant, tombstone. ARGV: grant JSON, TTL ms, events channel.
+ * A live tombstone also blocks the id, so a revoked grant can never be re-created.
+ */
+const CREATE_LUA = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 0 end
+redis.call('PUBLISH', ARGV[3], '{"type":"issued","grant":' .. ARGV[1] .. '}')
+return 1
+`
+
+/**
+ * KEYS: grant, tombstone. ARGV: revocation JSON without subject/resource and without its closing
+ * brace (built by JSON.stringify, so no number or string formatting happens in Lua), minimum
+ * tombstone ms, events channel. Returns the full revocation JSON, or nil when there is no grant.
+ * Atomic, so of two concurrent revokes exactly one finds the grant; the event is published in the
+ * same step, so no replica can observe the deletion without the event being on its way.
+ */
+const REVOKE_LUA = `
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local remaining = redis.call('PTTL', KEYS[1])
+local grant = cjson.decode(raw)
+local revocation = ARGV[1] .. ',"subject":' .. cjson.encode(grant.subject)
+  .. ',"resource":' .. cjson.encode(grant.resource) .. '}'
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], revocation, 'PX', math.max(remaining, tonumber(ARGV[2])))
+redis.call('PUBLISH', ARGV[3], '{"type":"revoked","revocation":' .. revocation .. '}')
+return revocation
+`
+
+/** The commands registered with defineCommand (EVALSHA, falling back to EVAL after a restart). */
+interface ScriptedRedis extends Redis {
+  jitgateCreate(grantKey: string, tombKey: string, json: string, ttlMs: number, channel: string): Promise<number>
+  jitgateRevoke(grantKey: string, tombKey: string, partial: string, minTombMs: number, channel: string): Promise<string | null>
+}
+
+const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
+
+const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)))
+
+/**
+ * ioredis takes a redis:// or rediss:// URL as is, and a unix socket as a path (query parameters
+ * such as `?db=1&password=x` are honoured there too), so `unix:///run/redis.sock` becomes
+ * `/run/redis.sock`.
+ */
+function connectionTarget(url: string): string {
+  if (/^rediss?:\/\//i.test(url)) return url
+  if (url.startsWith('unix://')) return url.slice('unix://'.length)
+  throw new Error(`unsupported Redis URL scheme (expected redis://, rediss:// or unix://): ${url.replace(/\/\/[^@/]*@/, '//***@')}`)
+}
+
+/**
+ * Reports a connection's errors to onError, once per run of identical errors: a down Redis makes
+ * ioredis emit the same ECONNREFUSED on every reconnect attempt. A successful reconnect re-arms it.
+ * Attaching the handler at all is what keeps an 'error' event from crashing the process.
+ */
+function reportErrors(client: Redis, onError: (err: Error) => void): void {
+  let last: string | undefined
+  client.on('error', (err: Error) => {
+    if (err.message === last) return
+    last = err.message
+    onError(err)
+  })
+  client.on('ready', () => {
+    last = undefined
+  })
+}
+
+export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore {
+  const now = opts.now ?? Date.now
+  const onError = opts.onError ?? (() => {})
+  const { timeoutMs, keyPrefix: prefix } = opts
+  const target = connectionTarget(opts.url)
+  const grantKey = (id: string): string => `${prefix}{${id}}:grant`
+  const tombKey = (id: string): string => `${prefix}{${id}}:revoked`
+  const indexKey = `${prefix}grants`
+  const channel = `${prefix}events`
+
+  const common = {
+    // Connect explicitly below, once the error handlers are attached.
+    lazyConnect: true,
+    // Keep reconnecting forever, at most a second apart, so the store heals without a restart.
+    retryStrategy: (attempt: number) => Math.min(attempt * 100, 1000),
+    // Only bounds a connection attempt that never completes (black-holed host); callers are
+    // bounded by their own deadline meanwhile.
+    connectTimeout: Math.max(timeoutMs, 1000),
+  } satisfies RedisOptions
+
+  const client = new Redis(target, {
+    ...common,
+    // Commands are never parked while disconnected, nor replayed after a reconnect: a create or
+    // revoke we have already reported as failed must not happen later behind the caller's back.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    commandTimeout: timeoutMs,
+  }) as ScriptedRedis
+  client.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
+  client.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })
+  reportErrors(client, onError)
+  // Rejects if the first attempt fails; the retry strategy carries on regardless.
+  client.connect().catch(() => {})
+
+  /**
+   * Resolves at the next 'ready'. Without an offline queue, a command sent while (re)connecting
+   * fails at once; waiting here (within the caller's deadline) instead lets the first requests
+   * after startup, or after a short blip, succeed. One shared promise, not a listener per caller.
+   */
+  let readyWaiter: Promise<void> | undefined
+  const nextReady = (): Promise<void> =>
+    (readyWaiter ??= new Promise<void>((resolve) => {
+      client.once('ready', () => {
+        readyWaiter = undefined
+        resolve()
+      })
+    }))
+
+  let closed = false
+  /**
+   * Runs one store operation under the `timeoutMs` deadline, translating every failure except
+   * the contract's own errors into StoreUnavailableError. On the hot path (connection ready) the
+   * cost is one timer and one Promise.race.
+   */
+  const op = <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    if (closed) return Promise.reject(new StoreUnavailableError('grant store is closed'))
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)),
+        timeoutMs,
+      )
+    })
+    const work = client.status === 'ready' ? fn() : nextReady().then(fn)
+    return Promise.race([work, deadline])
+      .catch((err: unknown) => {
+        if (err instanceof StoreUnavailableError || err instanceof GrantExistsError) throw err
+        throw new StoreUnavailableError(`redis ${what}: ${toError(err).message}`, { cause: err })
+      })
+      .finally(() => clearTimeout(timer))
+  }
+
+  const listeners = new Set<(event: GrantEvent) => void>()
+  let subscriber: Redis | undefined
+
+  const dispatch = (message: string): void => {
+    let event: GrantEvent
+    try {
+      event = JSON.parse(message) as GrantEvent
+    } catch (err) {
+      onError(toError(err))
+      return
+    }
+    for (const listener of listeners) {
+      try {
+        listener(event)
+      } catch (err) {
+        onError(toError(err))
+      }
+    }
+  }
+
+  /**
+   * The second connection, in subscriber mode, opened on first subscribe(). Unlike the command
+   * connection it keeps an offline queue with no retry limit and no command timeout: its only
+   * command is SUBSCRIBE, which should simply wait until Redis is reachable. ioredis re-sends
+   * SUBSCRIBE by itself after every reconnect (autoResubscribe, on by default).
+   */
+  const openSubscriber = (): Redis => {
+    const sub = new Redis(target, { ...common, enableOfflineQueue: true, maxRetriesPerRequest: null })
+    reportErrors(sub, onError)
+    sub.on('message', (ch: string, message: string) => {
+      if (ch === channel) dispatch(message)
+    })
+    sub.connect().catch(() => {})
+    sub.subscribe(channel).catch((err: unknown) => onError(toError(err)))
+    return sub
+  }
+
+  /** QUIT (letting replies in flight arrive) for at most timeoutMs, then drop the socket for sure. */
+  const shutdown = async (conn: Redis): Promise<void> => {
+    if (conn.status === 'ready') {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        conn.quit().catch(() => {}),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, timeoutMs)
+        }),
+      ])
+      clearTimeout(timer)
+    }
+    // Also stops the reconnect loop when Redis is down, which QUIT cannot reach.
+    conn.disconnect()
+  }
+
+  /** Active grants, soonest expiry first; also prunes expired entries from the index. */
+  const activeGrants = async (): Promise<Grant[]> => {
+    const t = now()
+    const [, ids] = await Promise.all([
+      client.zremrangebyscore(indexKey, '-inf', t),
+      client.zrangebyscore(indexKey, `(${t}`, '+inf'),
+    ])
+    // One GET per grant: the keys live in different slots, so no MGET across them.
+    const values = await Promise.all(ids.map((id) => client.get(grantKey(id))))
+    const grants: Grant[] = []
+    for (const json of values) {
+      // null: revoked, expired since the ZRANGE, or an index entry whose create was refused.
+      if (json == null) continue
+      const grant = JSON.parse(json) as Grant
+      if (grant.expiresAt > t) grants.push(grant)
+    }
+    return grants
+  }
+
+  return {
+    kind: 'redis',
+
+    async create(grant) {
+      const ttlMs = grant.expiresAt - now()
+      if (ttlMs <= 0) throw new RangeError(`grant ${grant.id} has already expired`)
+      const json = JSON.stringify(grant)
+      return op('create', async () => {
+        // Index first (NX: never move an existing entry), in the same write burst as the script.
+        // An entry left behind by a failed create is harmless: list() skips ids without a grant
+        // key, and the entry is pruned once its score (the expiry) has passed.
+        const [, created] = await Promise.all([
+          client.zadd(indexKey, 'NX', grant.expiresAt, grant.id),
+          client.jitgateCreate(grantKey(grant.id), tombKey(grant.id), json, ttlMs, channel),
+        ])
+        if (created !== 1) throw new GrantExistsError(`grant ${grant.id} already exists`)
+      })
+    },
+
+    // The per-request hot path: one round trip (both keys share a slot), at most one JSON.parse.
+    get(id) {
+      return op('get', async () => {
+        const [grantJson, tombJson] = await client.mget(grantKey(id), tombKey(id))
+        if (tombJson != null) return { status: 'revoked', revocation: JSON.parse(tombJson) as Revocation }
+        if (grantJson == null) return NOT_FOUND
+        const grant = JSON.parse(grantJson) as Grant
+        // Redis expires the key by its own clock; this keeps `now()` authoritative to the ms.
+        return grant.expiresAt > now() ? { status: 'active', grant } : NOT_FOUND
+      })
+    },
+
+    list() {
+      return op('list', activeGrants)
+    },
+
+    // Not ZCOUNT: the index may hold ids that have no grant (a create refused after its ZADD), and
+    // grants are few (each is a human-approved, time-boxed access), so checking each is cheap.
+    count() {
+      return op('count', async () => (await activeGrants()).length)
+    },
+
+    revoke(id, by, reason) {
+      const partial = JSON.stringify({ id, revokedAt: now(), revokedBy: by, reason }).slice(0, -1)
+      return op('revoke', async () => {
+        const json = await client.jitgateRevoke(grantKey(id), tombKey(id), partial, opts.minTombstoneMs, channel)
+        if (json == null) return null
+        // The revocation has happened; a stale index entry only costs list() one GET, so a
+        // failure here is reported rather than turned into a failed revoke.
+        await client.zrem(indexKey, id).catch((err: unknown) => onError(toError(err)))
+        return JSON.parse(json) as Revocation
+      })
+    },
+
+    subscribe(listener) {
+      if (closed) throw new StoreUnavailableError('grant store is closed')
+      subscriber ??= openSubscriber()
+      // A wrapper per call, so subscribing the same function twice gives two independent subscriptions.
+      const subscription = (event: GrantEvent): void => listener(event)
+      listeners.add(subscription)
+      return () => {
+        listeners.delete(subscription)
+      }
+    },
+
+    ping() {
+      return op('ping', async () => {
+        await client.ping()
+      })
+    },
+
+    async close() {
+      if (closed) return
+      closed = true
+      listeners.clear()
+      await Promise.all([shutdown(client), subscriber && shutdown(subscriber)])
+    },
+  }
+}

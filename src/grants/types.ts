@@ -1,0 +1,111 @@
+/**
+ * The grant store contract. Two implementations (memory, Redis) pass one shared contract suite
+ * (test/grants/contract.ts). Times are epoch milliseconds.
+ */
+
+export interface Grant {
+  /** Grant id; also the JIT token's `jti`. */
+  readonly id: string
+  /** Sub-processor id; the token's `sub`. */
+  readonly subject: string
+  /** Resource id; the token's `aud`. */
+  readonly resource: string
+  /** Scope patterns, `METHODS PATH` (see policy/scope.ts). */
+  readonly scopes: readonly string[]
+  readonly startsAt: number
+  readonly expiresAt: number
+  readonly createdAt: number
+  /** Who issued it (operator name, approver id). */
+  readonly issuedBy: string
+  readonly reason?: string
+  readonly policyVersion?: string
+}
+
+export interface Revocation {
+  readonly id: string
+  readonly revokedAt: number
+  readonly revokedBy: string
+  readonly reason: string
+  /** The revoked grant's subject and resource, kept for the denial's audit event. */
+  readonly subject: string
+  readonly resource: string
+}
+
+export type GrantLookup =
+  | { readonly status: 'active'; readonly grant: Grant }
+  | { readonly status: 'revoked'; readonly revocation: Revocation }
+  | { readonly status: 'not_found' }
+
+/** Broadcast to every replica sharing the store. */
+export type GrantEvent =
+  | { readonly type: 'revoked'; readonly revocation: Revocation }
+  | { readonly type: 'issued'; readonly grant: Grant }
+
+/** Thrown (rejected) when the store cannot answer: unreachable, timed out, or failing. */
+export class StoreUnavailableError extends Error {
+  override readonly name = 'StoreUnavailableError'
+  readonly code = 'store_unavailable'
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options)
+  }
+}
+
+export class GrantExistsError extends Error {
+  override readonly name = 'GrantExistsError'
+  readonly code = 'grant_exists'
+}
+
+export interface GrantStore {
+  readonly kind: 'memory' | 'redis'
+  /**
+   * Stores a new grant; its record disappears by itself at `expiresAt`.
+   * Rejects with GrantExistsError when the id is taken (by an active grant or a revocation
+   * tombstone, so a revoked id can never come back), RangeError when `expiresAt` has already
+   * passed, StoreUnavailableError when the store is down.
+   */
+  create(grant: Grant): Promise<void>
+  /** Active grant, revocation tombstone, or not found. An expired grant is `not_found`. */
+  get(id: string): Promise<GrantLookup>
+  /** Active (unexpired, unrevoked) grants, soonest expiry first. */
+  list(): Promise<Grant[]>
+  /** Number of active grants. */
+  count(): Promise<number>
+  /**
+   * Revokes at once: the grant is deleted and a tombstone is kept until the grant would have
+   * expired (at least `minTombstoneMs`), and every replica is told. Returns the revocation, or
+   * null when no active grant has this id.
+   */
+  revoke(id: string, by: string, reason: string): Promise<Revocation | null>
+  /**
+   * Subscribes to grant events from every replica (including this one). Returns unsubscribe.
+   * Delivery is asynchronous and best effort: the Redis subscription goes live a moment after the
+   * first call, and events published while a replica is disconnected from Redis are not replayed.
+   * A listener that throws is reported to `onError` and does not affect the others.
+   */
+  subscribe(listener: (event: GrantEvent) => void): () => void
+  /** Resolves when the store answers; rejects with StoreUnavailableError otherwise. */
+  ping(): Promise<void>
+  close(): Promise<void>
+}
+
+export interface GrantStoreOptions {
+  /** Deadline for each store operation, after which it fails with StoreUnavailableError. */
+  readonly timeoutMs: number
+  /** Minimum tombstone lifetime after a revocation. */
+  readonly minTombstoneMs: number
+  /** Clock (epoch ms); injectable for tests. */
+  readonly now?: () => number
+  /**
+   * Errors no caller can receive: a throwing event listener, a malformed event, a dropped Redis
+   * connection (reported once per run of identical errors, not once per reconnect attempt).
+   * Default: ignored.
+   */
+  readonly onError?: (err: Error) => void
+}
+
+export interface RedisGrantStoreOptions extends GrantStoreOptions {
+  /** `redis://[user:pass@]host:port[/db]`, `rediss://...` (TLS), or `unix:///path/to/redis.sock`. */
+  readonly url: string
+  /** Key prefix, default `jitgate:`. */
+  readonly keyPrefix: string
+}

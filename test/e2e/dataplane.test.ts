@@ -1,0 +1,280 @@
+/**
+ * The data plane end to end, on the embedded memory store: a real gateway, a real upstream,
+ * real signed tokens and real HTTP/WebSocket clients. Every deny code, the forwarding contract,
+ * expiry, revocation and path tricks.
+ */
+import t, { type Test } from 'tap'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { SignJWT, importJWK } from 'jose'
+import WebSocket from 'ws'
+import { startUpstream } from '../helpers/upstream.js'
+import { startTestGateway, call, rawCall, sleep, type TestGateway } from '../helpers/gateway.js'
+import { DEV_KEY_FILE } from '../../src/authn/keys.js'
+import { DENY_CODES } from '../../src/decision/codes.js'
+
+const POLICY = `
+resources:
+  - id: crm-api
+    upstream: UPSTREAM
+    match: { path_prefix: /crm }
+    max_ttl: 1h
+    credentials:
+      - { header: Authorization, env: TEST_CRM_TOKEN, prefix: "Bearer " }
+      - { header: X-Api-Key, env: TEST_CRM_KEY }
+  - id: billing-ws
+    upstream: UPSTREAM
+    match: { path_prefix: /billing }
+    max_ttl: 1h
+    websocket: true
+  - id: dead
+    upstream: http://127.0.0.1:9
+    match: { path_prefix: /dead }
+    max_ttl: 1h
+`
+const SECRET = 'upstream-secret-value-9f8e7d'
+const API_KEY = 'api-key-value-1a2b3c'
+
+async function setup(t: Test) {
+  const upstream = await startUpstream(t)
+  const g = await startTestGateway(t, { policy: POLICY, upstream: upstream.url, env: { TEST_CRM_TOKEN: SECRET, TEST_CRM_KEY: API_KEY } })
+  return { upstream, g }
+}
+
+/** Signs a token with the gateway's own (dev) key, for claims the API would never issue. */
+async function forge(g: TestGateway, claims: { sub?: string; aud?: string; jti?: string; exp?: number; nbf?: number }): Promise<string> {
+  const jwk = JSON.parse(readFileSync(join(g.dataDir, DEV_KEY_FILE), 'utf8'))
+  const key = await importJWK(jwk, 'EdDSA')
+  const now = Math.floor(Date.now() / 1000)
+  const jwt = new SignJWT({})
+    .setProtectedHeader({ alg: 'EdDSA', typ: 'jit+jwt', kid: jwk.kid })
+    .setIssuer('jitgate')
+    .setSubject(claims.sub ?? 'acme')
+    .setAudience(claims.aud ?? 'crm-api')
+    .setJti(claims.jti ?? 'g_doesnotexist00000000')
+    .setIssuedAt(now)
+    .setExpirationTime(claims.exp ?? now + 600)
+  if (claims.nbf !== undefined) jwt.setNotBefore(claims.nbf)
+  return jwt.sign(key)
+}
+
+function lastAudit(g: TestGateway, event: string) {
+  return [...g.audit].reverse().find((e) => e.event === event)
+}
+
+async function waitFor(cond: () => boolean, ms = 2000): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time')
+    await sleep(10)
+  }
+}
+
+t.test('an in-scope call is forwarded with credentials injected and the token stripped', async (t) => {
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/**'], ttl: '10m', reason: 'ticket 42' })
+  // node:http sends the Connection header as given (undici's client would refuse it).
+  const res = await rawCall(g.dataUrl, '/crm/customers/7?x=1', {
+    token: grant.token,
+    headers: {
+      'x-forwarded-for': '6.6.6.6',
+      'x-forwarded-host': 'evil.example',
+      'x-forwarded-proto': 'gopher',
+      forwarded: 'for=6.6.6.6',
+      'x-real-ip': '6.6.6.6',
+      'x-jit-subject': 'someone-else',
+      'x-jit-grant': 'g_forged',
+      'x-request-id': 'forged',
+      'x-api-key': 'client-supplied',
+      connection: 'x-drop-me',
+      'x-drop-me': '1',
+      'x-keep-me': 'yes',
+    },
+  })
+  t.equal(res.status, 200)
+  t.same(res.json, { method: 'GET', url: '/crm/customers/7?x=1' })
+  const seen = upstream.received.at(-1)!
+  t.equal(seen.headers.authorization, `Bearer ${SECRET}`, 'upstream credential injected')
+  t.equal(seen.headers['x-api-key'], API_KEY, 'client value replaced by the injected one')
+  t.notOk(seen.rawHeaders.join('\n').includes(grant.token), 'the JIT token never reaches the upstream')
+  t.equal(seen.headers['x-forwarded-for'], '127.0.0.1')
+  t.equal(seen.headers['x-forwarded-proto'], 'http')
+  t.equal(seen.headers['x-forwarded-host'], new URL(g.dataUrl).host)
+  t.equal(seen.headers.forwarded, undefined)
+  t.equal(seen.headers['x-real-ip'], undefined)
+  t.equal(seen.headers['x-jit-subject'], 'acme')
+  t.equal(seen.headers['x-jit-grant'], grant.id)
+  t.not(seen.headers['x-request-id'], 'forged')
+  t.equal(seen.headers['x-drop-me'], undefined, 'header named in Connection is hop-by-hop')
+  t.equal(seen.headers['x-keep-me'], 'yes')
+
+  const ev = lastAudit(g, 'access.allowed')!
+  t.match(ev, {
+    event: 'access.allowed',
+    subject: 'acme',
+    grant_id: grant.id,
+    resource: 'crm-api',
+    method: 'GET',
+    path: '/crm/customers/7',
+    status: 200,
+    client_ip: '127.0.0.1',
+    request_id: seen.headers['x-request-id'],
+    policy_version: String,
+    gateway_id: String,
+    time: /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/,
+  })
+  t.type(ev.duration_ms, 'number')
+  const issued = lastAudit(g, 'grant.issued')!
+  t.match(issued, { actor: 'operator', subject: 'acme', grant_id: grant.id, resource: 'crm-api', reason: 'ticket 42' })
+  t.notOk(g.auditText().includes(grant.token), 'no token in the audit trail')
+  t.notOk(g.auditText().includes(SECRET) || g.auditText().includes(API_KEY), 'no injected secret in the audit trail')
+})
+
+t.test('every deny code: status, body, challenge, audit event and metric agree', async (t) => {
+  const { upstream, g } = await setup(t)
+  const crm = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/*', 'POST /crm/tickets/**'], ttl: '10m' })
+  const other = await g.issue({ subject: 'globex', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const revoked = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  t.equal(await g.revoke(revoked.id, 'contract ended'), 204)
+  const now = Math.floor(Date.now() / 1000)
+  const before = upstream.received.length
+
+  const cases: { name: string; code: keyof typeof DENY_CODES; path: string; method?: string; token?: string; headers?: Record<string, string> }[] = [
+    { name: 'no resource', code: 'route_not_found', path: '/nowhere', token: crm.token },
+    { name: 'encoded slash', code: 'path_rejected', path: '/crm/customers%2f..%2fadmin', token: crm.token },
+    { name: 'no token', code: 'token_missing', path: '/crm/customers/1' },
+    { name: 'token in query only', code: 'token_missing', path: `/crm/customers/1?access_token=${crm.token}` },
+    { name: 'basic auth', code: 'token_malformed', path: '/crm/customers/1', headers: { authorization: 'Basic YTpi' } },
+    { name: 'not a JWS', code: 'token_malformed', path: '/crm/customers/1', token: 'abc' },
+    { name: 'bad signature', code: 'token_invalid', path: '/crm/customers/1', token: `${crm.token.slice(0, -6)}AAAAAA` },
+    { name: 'token for another resource', code: 'token_invalid', path: '/billing/x', token: crm.token },
+    { name: 'expired token', code: 'token_expired', path: '/crm/customers/1', token: await forge(g, { exp: now - 120 }) },
+    { name: 'future token', code: 'token_not_yet_valid', path: '/crm/customers/1', token: await forge(g, { nbf: now + 600 }) },
+    { name: 'unknown grant', code: 'grant_not_found', path: '/crm/customers/1', token: await forge(g, {}) },
+    { name: 'revoked grant', code: 'grant_revoked', path: '/crm/customers/1', token: revoked.token },
+    { name: "another vendor's grant", code: 'grant_mismatch', path: '/crm/customers/1', token: await forge(g, { jti: other.id, sub: 'acme' }) },
+    { name: 'method outside scope', code: 'scope_denied', path: '/crm/customers/1', method: 'DELETE', token: crm.token },
+    { name: 'path outside scope', code: 'scope_denied', path: '/crm/admin', token: crm.token },
+    { name: 'one segment only', code: 'scope_denied', path: '/crm/customers/1/secrets', token: crm.token },
+  ]
+  for (const c of cases) {
+    const res = await rawCall(g.dataUrl, c.path, { method: c.method ?? 'GET', ...(c.token ? { token: c.token } : {}), ...(c.headers ? { headers: c.headers } : {}) })
+    const info = DENY_CODES[c.code] as { status: number; bearerError?: string }
+    t.equal(res.status, info.status, `${c.name}: status`)
+    t.equal(res.json?.error?.code, c.code, `${c.name}: body code`)
+    t.type(res.json?.error?.request_id, 'string', `${c.name}: request id`)
+    t.equal(res.headers['x-request-id'], res.json?.error?.request_id)
+    if (info.bearerError) t.match(res.headers['www-authenticate'], `error="${info.bearerError}"`, `${c.name}: RFC 6750 challenge`)
+    else t.equal(res.headers['www-authenticate'], undefined)
+    const ev = lastAudit(g, 'access.denied')!
+    t.match(ev, { code: c.code, status: info.status, request_id: res.json?.error?.request_id }, `${c.name}: audit`)
+  }
+  t.equal(upstream.received.length, before, 'nothing was forwarded')
+  const metrics = await call(`${g.controlUrl}/metrics`)
+  for (const code of new Set(cases.map((c) => c.code))) {
+    t.match(metrics.text, new RegExp(`jitgate_requests_total\\{resource="[^"]*",decision="deny",code="${code}"\\} \\d+`), `metric for ${code}`)
+  }
+  t.notOk(g.auditText().includes(crm.token), 'tokens never logged, even rejected ones')
+})
+
+t.test('upstream failures after an allowed decision: 502 and 504, coded', async (t) => {
+  const { g } = await setup(t)
+  const dead = await g.issue({ resource: 'dead', scopes: ['* /dead/**'], ttl: '10m' })
+  const res = await call(`${g.dataUrl}/dead/x`, { token: dead.token })
+  t.equal(res.status, 502)
+  t.equal(res.json.error.code, 'upstream_unavailable')
+  t.match(lastAudit(g, 'access.allowed'), { status: 502, code: 'upstream_unavailable' })
+})
+
+t.test('path tricks cannot leave the scope', async (t) => {
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/**'], ttl: '10m' })
+  const tricks: [string, number, string?][] = [
+    ['/crm/customers/../admin', 403],
+    ['/crm/customers/%2e%2e/admin', 403],
+    ['/crm/customers/%2E%2e/admin', 403],
+    ['/crm/customers/.%2e/admin', 403],
+    ['/crm/customers/%2e%2e%2fadmin', 400],
+    ['/crm/customers/..%2Fadmin', 400],
+    ['/crm/customers/..%5cadmin', 400],
+    ['/crm/customers/%00', 400],
+    ['/crm/customers/%c0%ae%c0%ae/admin', 400],
+    ['/crm/customers/../../../etc/passwd', 400],
+    ['//crm/customers/1', 200, '/crm/customers/1'],
+    ['/crm//customers/./1', 200, '/crm/customers/1'],
+    ['/crm/customers/a/../b', 200, '/crm/customers/b'],
+    ['/crm/%63ustomers/1', 200, '/crm/customers/1'],
+  ]
+  for (const [path, status, forwarded] of tricks) {
+    const before = upstream.received.length
+    const res = await rawCall(g.dataUrl, path, { token: grant.token })
+    t.equal(res.status, status, `${path} → ${status}`)
+    if (forwarded) t.equal(upstream.received.at(-1)?.url, forwarded, `${path} forwarded as the checked path`)
+    else t.equal(upstream.received.length, before, `${path} not forwarded`)
+  }
+})
+
+t.test('a grant stops working when it expires, and revocation acts on the very next request', async (t) => {
+  const { g } = await setup(t)
+  const short = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: 2 })
+  t.equal((await call(`${g.dataUrl}/crm/a`, { token: short.token })).status, 200)
+  await sleep(Date.parse(short.expires_at) - Date.now() + 50)
+  const after = await call(`${g.dataUrl}/crm/a`, { token: short.token })
+  t.equal(after.status, 403)
+  t.equal(after.json.error.code, 'grant_not_found')
+
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  t.equal((await call(`${g.dataUrl}/crm/a`, { token: grant.token })).status, 200)
+  t.equal(await g.revoke(grant.id, 'incident 7'), 204)
+  const res = await call(`${g.dataUrl}/crm/a`, { token: grant.token })
+  t.equal(res.json.error.code, 'grant_revoked')
+  t.match(lastAudit(g, 'grant.revoked'), { grant_id: grant.id, actor: 'operator', reason: 'incident 7', subject: 'acme', resource: 'crm-api' })
+  t.equal(await g.revoke(grant.id), 404, 'revoking twice: not found')
+})
+
+t.test('WebSockets: same checks on upgrade; closed when the grant ends or is revoked', async (t) => {
+  const { upstream, g } = await setup(t)
+  const wsUrl = g.dataUrl.replace('http', 'ws')
+  const refused = await new Promise<number>((resolve) => {
+    const ws = new WebSocket(`${wsUrl}/billing/events`)
+    ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0))
+    ws.on('error', () => {})
+  })
+  t.equal(refused, 401, 'no token: refused before any upstream contact')
+  t.equal(upstream.received.length, 0)
+  t.match(lastAudit(g, 'access.denied'), { code: 'token_missing', protocol: 'websocket' })
+
+  const crm = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const notAllowed = await new Promise<number>((resolve) => {
+    const ws = new WebSocket(`${wsUrl}/crm/stream`, { headers: { authorization: `Bearer ${crm.token}` } })
+    ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0))
+    ws.on('error', () => {})
+  })
+  t.equal(notAllowed, 403, 'resource without websocket: true')
+
+  const open = async (token: string) => {
+    const ws = new WebSocket(`${wsUrl}/billing/events`, { headers: { authorization: `Bearer ${token}` } })
+    const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    await new Promise((resolve, reject) => {
+      ws.on('open', resolve)
+      ws.on('error', reject)
+    })
+    return { ws, closed }
+  }
+  const short = await g.issue({ resource: 'billing-ws', scopes: ['GET /billing/**'], ttl: 2 })
+  const a = await open(short.token)
+  const echoed = new Promise<string>((resolve) => a.ws.once('message', (d) => resolve(d.toString())))
+  a.ws.send('ping')
+  t.equal(await echoed, 'ping', 'echo through the gateway')
+  t.notOk(upstream.received.at(-1)!.rawHeaders.join('\n').includes(short.token), 'no token upstream on upgrade')
+  t.same(await a.closed, { code: 1008, reason: 'grant expired' }, 'closed when the grant expires')
+
+  const long = await g.issue({ resource: 'billing-ws', scopes: ['GET /billing/**'], ttl: '10m' })
+  const b = await open(long.token)
+  await g.revoke(long.id, 'stop now')
+  t.same(await b.closed, { code: 1008, reason: 'grant revoked' }, 'closed when the grant is revoked')
+  await waitFor(() => g.audit.some((e) => e.event === 'connection.closed' && e.grant_id === long.id))
+  t.match(g.audit.find((e) => e.event === 'connection.closed' && e.grant_id === long.id), { reason: 'grant_revoked' })
+  await waitFor(() => upstream.sockets.size === 0)
+  t.pass('upstream side closed too')
+})

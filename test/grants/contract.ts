@@ -1,0 +1,286 @@
+/**
+ * The GrantStore contract, run against every implementation (memory-store.test.ts,
+ * redis-store.test.ts). Timing tests use real time with wide margins (hundreds of ms), so they
+ * hold on a loaded machine; ordering and expiry-in-list tests move an injected clock instead.
+ */
+import { randomUUID } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Test } from 'tap'
+import {
+  GrantExistsError,
+  StoreUnavailableError,
+  type Grant,
+  type GrantEvent,
+  type GrantStore,
+  type GrantStoreOptions,
+} from '../../src/grants/types.js'
+
+export type MakeStore = (opts: GrantStoreOptions) => Promise<GrantStore>
+
+/** What the contract passes unless a test needs otherwise. */
+const DEFAULTS: GrantStoreOptions = { timeoutMs: 1000, minTombstoneMs: 60_000 }
+
+export function makeGrant(overrides: Partial<Grant> = {}): Grant {
+  const now = Date.now()
+  return {
+    id: randomUUID(),
+    subject: 'sp-acme',
+    resource: 'crm',
+    scopes: ['GET /crm/customers/*', 'GET,POST /crm/tickets/**'],
+    startsAt: now,
+    expiresAt: now + 60_000,
+    createdAt: now,
+    issuedBy: 'alice',
+    reason: 'INC-1234: export for the audit',
+    policyVersion: 'sha256:0f1e',
+    ...overrides,
+  }
+}
+
+/** Retries `fn` until it resolves (e.g. while a restarted Redis is being reconnected to). */
+export async function eventually<T>(fn: () => Promise<T>, withinMs = 5000): Promise<T> {
+  const deadline = Date.now() + withinMs
+  for (;;) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await sleep(50)
+    }
+  }
+}
+
+export interface EventRecorder {
+  readonly events: GrantEvent[]
+  unsubscribe(): void
+  /** Resolves with the first recorded event matching `pred`; rejects after `withinMs`. */
+  waitFor(pred: (e: GrantEvent) => boolean, withinMs?: number): Promise<GrantEvent>
+}
+
+export function recordEvents(store: GrantStore): EventRecorder {
+  const events: GrantEvent[] = []
+  const unsubscribe = store.subscribe((e) => events.push(e))
+  return {
+    events,
+    unsubscribe,
+    async waitFor(pred, withinMs = 3000) {
+      const deadline = Date.now() + withinMs
+      for (;;) {
+        const found = events.find(pred)
+        if (found !== undefined) return found
+        if (Date.now() > deadline) throw new Error(`no matching event within ${withinMs} ms`)
+        await sleep(5)
+      }
+    },
+  }
+}
+
+export const isIssued = (id: string) => (e: GrantEvent) => e.type === 'issued' && e.grant.id === id
+export const isRevoked = (id: string) => (e: GrantEvent) => e.type === 'revoked' && e.revocation.id === id
+
+/**
+ * Waits until `recorder`'s subscription delivers: a subscription may go live a moment after
+ * subscribe() returns (Redis SUBSCRIBE is asynchronous). Issues short-lived probe grants until one
+ * is seen, so the following assertions can't race the subscription.
+ */
+export async function untilSubscribed(store: GrantStore, recorder: EventRecorder): Promise<void> {
+  const deadline = Date.now() + 5000
+  for (;;) {
+    const probe = makeGrant({ subject: 'probe', expiresAt: Date.now() + 5000 })
+    await store.create(probe)
+    try {
+      await recorder.waitFor(isIssued(probe.id), 250)
+      return
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+    }
+  }
+}
+
+export function grantStoreContract(t: Test, name: string, makeStore: MakeStore): Promise<unknown> {
+  /** A fresh store (closed at the end of the subtest), so subtests never see each other's grants. */
+  const open = async (t: Test, opts: Partial<GrantStoreOptions> = {}): Promise<GrantStore> => {
+    const store = await makeStore({ ...DEFAULTS, ...opts })
+    t.teardown(() => store.close())
+    return store
+  }
+
+  return t.test(`${name} grant store contract`, async (t) => {
+    t.test('ping answers', async (t) => {
+      const store = await open(t)
+      await t.resolves(store.ping())
+    })
+
+    t.test('create/get round trip keeps every field', async (t) => {
+      const store = await open(t)
+      const full = makeGrant()
+      const { reason: _reason, policyVersion: _policyVersion, ...minimal } = makeGrant({ scopes: [] })
+      await store.create(full)
+      await store.create(minimal)
+      t.strictSame(await store.get(full.id), { status: 'active', grant: full })
+      t.strictSame(await store.get(minimal.id), { status: 'active', grant: minimal })
+      t.strictSame(await store.get('no-such-grant'), { status: 'not_found' })
+    })
+
+    t.test('a duplicate id is refused and the original kept', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      await t.rejects(store.create({ ...grant, subject: 'sp-other' }), GrantExistsError)
+      t.strictSame(await store.get(grant.id), { status: 'active', grant })
+    })
+
+    t.test('a revoked id cannot be re-created while its tombstone lives', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      await store.revoke(grant.id, 'bob', 'leaked token')
+      await t.rejects(store.create(grant), GrantExistsError)
+      t.equal((await store.get(grant.id)).status, 'revoked')
+      t.equal(await store.count(), 0, 'the refused create is not counted')
+    })
+
+    t.test('an already expired grant is refused', async (t) => {
+      const store = await open(t)
+      await t.rejects(store.create(makeGrant({ expiresAt: Date.now() - 1 })), RangeError)
+    })
+
+    t.test('a grant is not_found once it has expired (real time)', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant({ expiresAt: Date.now() + 1000 })
+      await store.create(grant)
+      t.equal((await store.get(grant.id)).status, 'active')
+      await sleep(grant.expiresAt + 100 - Date.now())
+      t.strictSame(await store.get(grant.id), { status: 'not_found' })
+      t.strictSame(await store.list(), [])
+      t.equal(await store.count(), 0)
+    })
+
+    t.test('revoke deletes the grant and leaves a tombstone', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      const before = Date.now()
+      const revocation = await store.revoke(grant.id, 'bob', 'vendor offboarded')
+      const after = Date.now()
+      t.ok(revocation, 'revoke returns the revocation')
+      t.match(revocation, { id: grant.id, revokedBy: 'bob', reason: 'vendor offboarded', subject: 'sp-acme', resource: 'crm' })
+      t.ok(revocation!.revokedAt >= before && revocation!.revokedAt <= after, 'revokedAt is now')
+      t.strictSame(await store.get(grant.id), { status: 'revoked', revocation })
+    })
+
+    t.test('revoking twice, or an unknown id, returns null', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      t.ok(await store.revoke(grant.id, 'bob', 'first'))
+      t.equal(await store.revoke(grant.id, 'carol', 'second'), null)
+      t.match(await store.get(grant.id), { status: 'revoked', revocation: { revokedBy: 'bob', reason: 'first' } })
+      t.equal(await store.revoke('no-such-grant', 'bob', 'typo'), null)
+    })
+
+    t.test('concurrent revokes have exactly one winner', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      const results = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => store.revoke(grant.id, `op${i}`, 'race')),
+      )
+      const winners = results.filter((r) => r !== null)
+      t.equal(winners.length, 1)
+      t.strictSame(await store.get(grant.id), { status: 'revoked', revocation: winners[0] })
+    })
+
+    t.test('the tombstone lasts until the grant would have expired, and at least minTombstoneMs', async (t) => {
+      const store = await open(t, { minTombstoneMs: 1000 })
+      const short = makeGrant({ expiresAt: Date.now() + 300 }) // ends before the minimum
+      const long = makeGrant({ expiresAt: Date.now() + 2000 }) // ends after the minimum
+      await store.create(short)
+      await store.create(long)
+      const t0 = Date.now()
+      await store.revoke(short.id, 'bob', 'x')
+      await store.revoke(long.id, 'bob', 'x')
+
+      await sleep(t0 + 500 - Date.now()) // past the short grant's expiry
+      t.equal((await store.get(short.id)).status, 'revoked', 'kept past the grant expiry for minTombstoneMs')
+      t.equal((await store.get(long.id)).status, 'revoked')
+
+      await sleep(t0 + 1400 - Date.now()) // past minTombstoneMs
+      t.equal((await store.get(short.id)).status, 'not_found', 'gone after minTombstoneMs')
+      t.equal((await store.get(long.id)).status, 'revoked', 'kept past minTombstoneMs until the grant expiry')
+
+      await sleep(long.expiresAt + 150 - Date.now())
+      t.equal((await store.get(long.id)).status, 'not_found', 'gone after the grant expiry')
+    })
+
+    t.test('list and count: active only, soonest expiry first', async (t) => {
+      let offset = 0
+      const store = await open(t, { now: () => Date.now() + offset })
+      const base = Date.now()
+      const g1 = makeGrant({ expiresAt: base + 30_000 })
+      const g2 = makeGrant({ expiresAt: base + 10_000 })
+      const g3 = makeGrant({ expiresAt: base + 20_000 })
+      const revoked = makeGrant({ expiresAt: base + 40_000 })
+      const soon = makeGrant({ expiresAt: base + 5_000 })
+      for (const g of [g1, g2, g3, revoked, soon]) await store.create(g)
+      await store.revoke(revoked.id, 'bob', 'x')
+
+      t.strictSame(await store.list(), [soon, g2, g3, g1])
+      t.equal(await store.count(), 4)
+
+      offset = 6_000 // `soon` has now expired by the store's clock
+      t.strictSame(await store.list(), [g2, g3, g1])
+      t.equal(await store.count(), 3)
+      t.strictSame(await store.get(soon.id), { status: 'not_found' })
+    })
+
+    t.test('subscribers receive issued and revoked events', async (t) => {
+      const store = await open(t)
+      const rec = recordEvents(store)
+      t.teardown(rec.unsubscribe)
+      await untilSubscribed(store, rec)
+      const grant = makeGrant()
+      await store.create(grant)
+      t.strictSame(await rec.waitFor(isIssued(grant.id)), { type: 'issued', grant })
+      const revocation = await store.revoke(grant.id, 'bob', 'x')
+      t.strictSame(await rec.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation })
+    })
+
+    t.test('unsubscribe stops delivery to that listener only', async (t) => {
+      const store = await open(t)
+      const gone = recordEvents(store)
+      const stays = recordEvents(store)
+      t.teardown(stays.unsubscribe)
+      await untilSubscribed(store, stays)
+      gone.unsubscribe()
+      const grant = makeGrant()
+      await store.create(grant)
+      await stays.waitFor(isIssued(grant.id))
+      // Both listeners are served by the same dispatch, so `gone` would have it by now.
+      t.notOk(gone.events.some(isIssued(grant.id)), 'no delivery after unsubscribe')
+    })
+
+    t.test('a throwing listener is reported and does not starve the others', async (t) => {
+      const errors: Error[] = []
+      const store = await open(t, { onError: (err) => errors.push(err) })
+      const unsubscribe = store.subscribe(() => {
+        throw new Error('listener bug')
+      })
+      t.teardown(unsubscribe)
+      const rec = recordEvents(store)
+      t.teardown(rec.unsubscribe)
+      await untilSubscribed(store, rec)
+      t.ok(errors.some((e) => e.message === 'listener bug'), 'reported to onError')
+    })
+
+    t.test('after close, operations reject with StoreUnavailableError', async (t) => {
+      const store = await makeStore(DEFAULTS)
+      const grant = makeGrant()
+      await store.create(grant)
+      await store.close()
+      await t.rejects(store.get(grant.id), StoreUnavailableError)
+      await t.rejects(store.create(makeGrant()), StoreUnavailableError)
+      await t.resolves(store.close(), 'close is idempotent')
+    })
+  })
+}
