@@ -128,7 +128,7 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
 
 /** A scope's path must stay under the resource's prefix (otherwise it could never match anyway). */
 function scopeWithinPrefix(scope: string, prefix: string): boolean {
-  const path = scope.slice(scope.indexOf(' ') + 1).trim()
+  const path = scope.trim().split(/\s+/)[1] ?? ''
   if (prefix === '/') return true
-  return path === prefix || path.startsWith(`${prefix}/`) || path === '/**'
+  return path === prefix || path.startsWith(`${prefix}/`) || path.startsWith('/*')
 }
