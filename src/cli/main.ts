@@ -8,10 +8,22 @@ import { SourceError, formatIssues } from '../config/yaml-source.js'
 import { loadConfig, DEFAULT_CONFIG_FILE } from '../config/config.js'
 import { loadPolicy } from '../policy/policy.js'
 import { generateSigningKey, KeyError } from '../authn/keys.js'
-import { startGateway, StartupError } from '../gateway.js'
 import { formatDuration } from '../util/duration.js'
 
 const VERSION = '0.1.0'
+
+/** Where the CLI reads its environment and writes its output (tests pass their own). */
+export interface CliIO {
+  out(text: string): void
+  err(text: string): void
+  readonly env: NodeJS.ProcessEnv
+}
+
+const processIO: CliIO = {
+  out: (text) => void process.stdout.write(text),
+  err: (text) => void process.stderr.write(text),
+  env: process.env,
+}
 
 class UsageError extends Error {}
 
@@ -19,7 +31,7 @@ interface Command {
   readonly summary: string
   readonly usage: string
   readonly options: NonNullable<ParseArgsConfig['options']>
-  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<number>
+  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[], io: CliIO): Promise<number>
 }
 
 const controlOptions = {
@@ -38,14 +50,16 @@ Environment: REDIS_URL (use Redis instead of the embedded memory store), JITGATE
 (operator API token), JITGATE_SIGNING_KEY_FILE, JITGATE_DATA_LISTEN, JITGATE_CONTROL_LISTEN,
 JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
     options: { config: { type: 'string', short: 'c' } },
-    async run(values) {
-      const config = loadConfig(values.config ? { file: values.config as string } : {})
-      const gw = await startGateway({ config })
+    async run(values, _positionals, io) {
+      const config = loadConfig({ env: io.env, ...(values.config ? { file: values.config as string } : {}) })
+      // Loaded on demand: the other commands start faster without the data-plane stack.
+      const { startGateway } = await import('../gateway.js')
+      const gw = await startGateway({ config, env: io.env })
       let signalled = false
       const onSignal = (sig: string) => {
         if (signalled) return
         signalled = true
-        process.stderr.write(`jitgate: ${sig} received, draining\n`)
+        io.err(`jitgate: ${sig} received, draining\n`)
         gw.stop().then(
           () => process.exit(0),
           () => process.exit(1),
@@ -75,15 +89,15 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
       ttl: { type: 'string' },
       reason: { type: 'string' },
     },
-    async run(v) {
+    async run(v, _positionals, io) {
       for (const k of ['subject', 'resource', 'scope', 'ttl']) if (v[k] === undefined) throw new UsageError(`--${k} is required`)
       const body = { subject: v.subject, resource: v.resource, scopes: v.scope, ttl: v.ttl, ...(v.reason ? { reason: v.reason } : {}) }
-      const res = await api(v, 'POST', '/v1/grants', body)
-      if (v.json) print(res)
+      const res = await api(io, v, 'POST', '/v1/grants', body)
+      if (v.json) print(io, res)
       else {
         const g = res as { id: string; expires_at: string; token: string }
-        process.stderr.write(`grant ${g.id} expires ${g.expires_at}\n`)
-        process.stdout.write(`${g.token}\n`)
+        io.err(`grant ${g.id} expires ${g.expires_at}\n`)
+        io.out(`${g.token}\n`)
       }
       return 0
     },
@@ -92,13 +106,13 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
     summary: 'List active grants.',
     usage: `jitgate grant list [--url URL] [--json]`,
     options: { ...controlOptions },
-    async run(v) {
-      const res = (await api(v, 'GET', '/v1/grants')) as { grants: Record<string, unknown>[] }
-      if (v.json) return print(res), 0
-      if (res.grants.length === 0) process.stdout.write('no active grants\n')
+    async run(v, _positionals, io) {
+      const res = (await api(io, v, 'GET', '/v1/grants')) as { grants: Record<string, unknown>[] }
+      if (v.json) return print(io, res), 0
+      if (res.grants.length === 0) io.out('no active grants\n')
       for (const g of res.grants) {
         const left = formatDuration(Math.max(0, Math.round((Date.parse(g.expires_at as string) - Date.now()) / 1000)) * 1000)
-        process.stdout.write(`${g.id}  ${g.subject} → ${g.resource}  [${(g.scopes as string[]).join('; ')}]  ${left} left\n`)
+        io.out(`${g.id}  ${g.subject} → ${g.resource}  [${(g.scopes as string[]).join('; ')}]  ${left} left\n`)
       }
       return 0
     },
@@ -107,12 +121,12 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
     summary: 'Revoke a grant now.',
     usage: `jitgate grant revoke GRANT_ID --reason TEXT [--url URL]`,
     options: { ...controlOptions, reason: { type: 'string' } },
-    async run(v, pos) {
+    async run(v, pos, io) {
       const id = pos[0]
       if (!id) throw new UsageError('GRANT_ID is required')
       if (!v.reason) throw new UsageError('--reason is required')
-      await api(v, 'DELETE', `/v1/grants/${encodeURIComponent(id)}`, { reason: v.reason })
-      process.stdout.write(`revoked ${id}\n`)
+      await api(io, v, 'DELETE', `/v1/grants/${encodeURIComponent(id)}`, { reason: v.reason })
+      io.out(`revoked ${id}\n`)
       return 0
     },
   },
@@ -120,12 +134,12 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
     summary: 'Generate an Ed25519 signing key (private JWK, mode 0600) and print its public JWK.',
     usage: `jitgate keys generate --out FILE`,
     options: { out: { type: 'string', short: 'o' } },
-    async run(v) {
+    async run(v, _positionals, io) {
       if (!v.out) throw new UsageError('--out FILE is required')
       const { privateJwk, publicJwk } = await generateSigningKey()
       writeFileSync(v.out as string, `${JSON.stringify(privateJwk)}\n`, { mode: 0o600, flag: 'wx' })
-      process.stderr.write(`wrote private key ${v.out} (kid ${publicJwk.kid})\n`)
-      print(publicJwk)
+      io.err(`wrote private key ${v.out} (kid ${publicJwk.kid})\n`)
+      print(io, publicJwk)
       return 0
     },
   },
@@ -135,24 +149,24 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
 
   --dir DIR   policy folder (default: the configured one, ./policies)`,
     options: { dir: { type: 'string' }, config: { type: 'string', short: 'c' } },
-    async run(v) {
-      const dir = (v.dir as string | undefined) ?? loadConfig(v.config ? { file: v.config as string } : {}).policyDir
-      const policy = loadPolicy(dir)
-      process.stdout.write(`policy OK: version ${policy.version}, ${policy.resources.size} resource(s) in ${policy.files.length} file(s)\n`)
+    async run(v, _positionals, io) {
+      const dir = (v.dir as string | undefined) ?? loadConfig({ env: io.env, ...(v.config ? { file: v.config as string } : {}) }).policyDir
+      const policy = loadPolicy(dir, { env: io.env })
+      io.out(`policy OK: version ${policy.version}, ${policy.resources.size} resource(s) in ${policy.files.length} file(s)\n`)
       return 0
     },
   },
 }
 
-function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+function print(io: CliIO, value: unknown): void {
+  io.out(`${JSON.stringify(value, null, 2)}\n`)
 }
 
-async function api(v: Record<string, unknown>, method: string, path: string, body?: unknown): Promise<unknown> {
-  const base = (v.url as string | undefined) ?? process.env.JITGATE_CONTROL_URL ?? 'http://127.0.0.1:8081'
+async function api(io: CliIO, v: Record<string, unknown>, method: string, path: string, body?: unknown): Promise<unknown> {
+  const base = (v.url as string | undefined) ?? io.env.JITGATE_CONTROL_URL ?? 'http://127.0.0.1:8081'
   const headers: Record<string, string> = {}
-  if (process.env.JITGATE_ADMIN_TOKEN) headers.authorization = `Bearer ${process.env.JITGATE_ADMIN_TOKEN}`
-  if (process.env.USER) headers['x-jitgate-actor'] = process.env.USER.replace(/[^A-Za-z0-9@._-]/g, '').slice(0, 64)
+  if (io.env.JITGATE_ADMIN_TOKEN) headers.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
+  if (io.env.USER) headers['x-jitgate-actor'] = io.env.USER.replace(/[^A-Za-z0-9@._-]/g, '').slice(0, 64)
   if (body !== undefined) headers['content-type'] = 'application/json'
   let res: Response
   try {
@@ -189,45 +203,45 @@ ${lines.join('\n')}
 `
 }
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], io: CliIO = processIO): Promise<number> {
   if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-    process.stdout.write(help())
+    io.out(help())
     return argv.length === 0 ? 2 : 0
   }
-  if (argv[0] === '--version') return process.stdout.write(`${VERSION}\n`), 0
+  if (argv[0] === '--version') return io.out(`${VERSION}\n`), 0
   const two = `${argv[0]} ${argv[1] ?? ''}`
   const name = COMMANDS[two] ? two : argv[0] as string
   const cmd = COMMANDS[name]
   if (!cmd) {
-    process.stderr.write(`jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${help()}`)
+    io.err(`jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${help()}`)
     return 2
   }
   const rest = argv.slice(name.split(' ').length)
   try {
     const parsed = parseArgs({ args: rest, options: { ...cmd.options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true })
     if (parsed.values.help) {
-      process.stdout.write(`${cmd.summary}\n\nUsage: ${cmd.usage}\n`)
+      io.out(`${cmd.summary}\n\nUsage: ${cmd.usage}\n`)
       return 0
     }
-    return await cmd.run(parsed.values as Record<string, string | boolean | string[] | undefined>, parsed.positionals)
+    return await cmd.run(parsed.values as Record<string, string | boolean | string[] | undefined>, parsed.positionals, io)
   } catch (err) {
     if (err instanceof SourceError) {
-      process.stderr.write(`jitgate: invalid ${name === 'policy check' ? 'policy' : 'configuration or policy'}:\n${indent(formatIssues(err.issues))}\n`)
+      io.err(`jitgate: invalid ${name === 'policy check' ? 'policy' : 'configuration or policy'}:\n${indent(formatIssues(err.issues))}\n`)
       return 1
     }
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`jitgate ${name}: ${(err as Error).message}\n\nUsage: ${cmd.usage}\n`)
+      io.err(`jitgate ${name}: ${(err as Error).message}\n\nUsage: ${cmd.usage}\n`)
       return 2
     }
-    if (err instanceof CliError || err instanceof StartupError || err instanceof KeyError) {
-      process.stderr.write(`jitgate: ${err.message}\n`)
+    if (err instanceof CliError || err instanceof KeyError || (err as Error).name === 'StartupError') {
+      io.err(`jitgate: ${(err as Error).message}\n`)
       return 1
     }
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-      process.stderr.write(`jitgate: ${(err as Error).message} (refusing to overwrite)\n`)
+      io.err(`jitgate: ${(err as Error).message} (refusing to overwrite)\n`)
       return 1
     }
-    process.stderr.write(`jitgate: unexpected error: ${(err as Error).stack ?? String(err)}\n`)
+    io.err(`jitgate: unexpected error: ${(err as Error).stack ?? String(err)}\n`)
     return 1
   }
 }

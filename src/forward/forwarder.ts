@@ -15,7 +15,7 @@ import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
 import { Pool } from 'undici'
 import type { Dispatcher } from 'undici'
-import { buildDownstreamHeaders } from './headers.js'
+import { buildDownstreamHeaders, type ParsedHeaders } from './headers.js'
 
 /** Where and how to send one request. */
 export interface ForwardTarget {
@@ -248,7 +248,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     else this.controller = controller
   }
 
-  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: ParsedHeaders): void {
     if (this.settled) return
     clearTimeout(this.timer)
     this.status = statusCode

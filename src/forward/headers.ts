@@ -4,7 +4,7 @@
  * credential headers. Downstream: the upstream's response headers minus its hop-by-hop ones.
  */
 
-import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http'
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http'
 
 /** What the gateway knows about an allowed request that the upstream must be told. */
 export interface UpstreamHeaderContext {
@@ -120,13 +120,15 @@ export function buildUpstreamHeaders(req: IncomingMessage, ctx: UpstreamHeaderCo
   return out
 }
 
+/** Response headers as undici parses them: names lowercased, repeated fields as arrays. */
+export type ParsedHeaders = Readonly<Record<string, string | string[] | undefined>>
+
 /**
- * Builds the response headers sent to the client from the upstream's (names lowercased, repeated
- * fields as arrays, as undici parses them): hop-by-hop headers and those the upstream's `Connection`
+ * Builds the response headers sent to the client from the upstream's: hop-by-hop headers and those the upstream's `Connection`
  * header names are dropped, so Node frames the client's response itself; every `set-cookie` line is
  * kept as its own array entry.
  */
-export function buildDownstreamHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
+export function buildDownstreamHeaders(upstream: ParsedHeaders): OutgoingHttpHeaders {
   const declaredHopByHop = connectionOptions(upstream.connection, isHopByHop)
   const out: OutgoingHttpHeaders = {}
   for (const name of Object.keys(upstream)) {

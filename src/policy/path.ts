@@ -19,10 +19,10 @@
  *      over as latin1 characters, so they cannot be interpreted safely).
  * 3. Percent-escapes (RFC 3986 §2.1, §2.3, §6.2.2.2): an escape of an unreserved character is decoded
  *    (`%7E` → `~`, `%2e` → `.`); every other escape is kept, with its hex digits uppercased.
- *    Decoding happens once: `%252e` (an escaped `%`, then `2e`) stays as it is. Rejected: a malformed escape (`%`, `%2`, `%G1`),
- *    an encoded `/` (`%2F`), `\` (`%5C`) or NUL (`%00`), and any run of consecutive escapes whose
- *    bytes are not valid UTF-8 (RFC 3629 §4: overlong forms such as `%C0%AF`, surrogates, code points
- *    above U+10FFFF, stray or missing continuation bytes, `%FF`).
+ *    Decoding happens once: `%252e` (an escaped `%`, then `2e`) stays as it is. Rejected: a malformed
+ *    escape (`%`, `%2`, `%G1`), an encoded `/` (`%2F`), `\` (`%5C`) or NUL (`%00`), and any run of
+ *    consecutive escapes whose bytes are not valid UTF-8 (RFC 3629 §4: overlong forms such as
+ *    `%C0%AF`, surrogates, code points above U+10FFFF, stray or missing continuation bytes, `%FF`).
  * 4. Empty segments are removed (`/a//b` → `/a/b`, `//` → `/`), except that a trailing slash is kept
  *    (`/a/b/` stays `/a/b/`). Removal happens before dot segments are resolved, so `/a//..` → `/`.
  * 5. Dot segments `.` and `..`, including those spelled with escapes (`%2e%2e`, `.%2E`), are resolved

@@ -63,7 +63,7 @@ const HOST_NAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-
 /**
  * Validates and compiles resource routes. Every problem is reported at once (invalid host or prefix,
  * a route with neither, two routes with the same host and prefix after canonicalisation); the caller
- * must refuse the policy when `errors` is not empty. 10,000 routes compile in a few milliseconds.
+ * must refuse the policy when `errors` is not empty. 10,000 routes compile in tens of milliseconds.
  *
  * @param routes - the routes of every resource.
  */
@@ -78,7 +78,9 @@ export function compileRoutes(routes: readonly ResourceRoute[]): CompileRoutesRe
     const where = `routes[${i}] (id ${JSON.stringify(route.id)})`
     const problems: string[] = []
     if (typeof route.id !== 'string' || route.id === '') problems.push('id must be a non-empty string')
-    if (route.host === undefined && route.pathPrefix === undefined) problems.push('a route needs a host, a pathPrefix, or both')
+    if (route.host === undefined && route.pathPrefix === undefined) {
+      problems.push('a route needs a host, a pathPrefix, or both')
+    }
     const host = route.host === undefined ? undefined : canonicalRouteHost(route.host)
     if (host !== undefined && !host.ok) problems.push(host.error)
     const prefix = route.pathPrefix ?? '/'
@@ -173,7 +175,9 @@ function checkPrefix(prefix: string): string | undefined {
 }
 
 /** A route's host in the form request hosts are compared in (lowercase, no trailing dot). */
-function canonicalRouteHost(raw: string): { readonly ok: true; readonly host: string } | { readonly ok: false; readonly error: string } {
+function canonicalRouteHost(
+  raw: string,
+): { readonly ok: true; readonly host: string } | { readonly ok: false; readonly error: string } {
   let host = raw.toLowerCase()
   if (host.charCodeAt(host.length - 1) === DOT) host = host.slice(0, -1)
   if (host.startsWith('[')) {

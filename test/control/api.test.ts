@@ -1,0 +1,112 @@
+/** The control-plane API over real HTTP: authentication, validation errors, listing, JWKS, health. */
+import t from 'tap'
+import { request } from 'undici'
+import { createLocalJWKSet, jwtVerify } from 'jose'
+import { startTestGateway, call, ADMIN_TOKEN } from '../helpers/gateway.js'
+
+const POLICY = `
+resources:
+  - id: crm-api
+    upstream: http://127.0.0.1:9
+    match: { path_prefix: /crm }
+    max_ttl: 1h
+`
+
+async function post(url: string, body: unknown, headers: Record<string, string> = {}) {
+  const res = await request(url, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  })
+  return { status: res.statusCode, json: (await res.body.json()) as any }
+}
+
+t.test('operator authentication', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY })
+  for (const authorization of [undefined, 'Bearer wrong-token-0123456789', `Basic ${ADMIN_TOKEN}`, `Bearer ${ADMIN_TOKEN}x`]) {
+    const res = await call(`${g.controlUrl}/v1/grants`, { headers: authorization ? { authorization } : {} })
+    t.equal(res.status, 401, `${authorization ?? 'no header'} refused`)
+    t.equal(res.json.error.code, 'unauthorized')
+    t.equal(res.headers['www-authenticate'], 'Bearer realm="jitgate-admin"')
+  }
+  t.match(g.audit.at(-1), { event: 'admin.denied', code: 'unauthorized', path: '/v1/grants' })
+  t.notOk(g.auditText().includes('wrong-token'), 'presented credentials are never logged')
+  t.equal((await call(`${g.controlUrl}/healthz`)).status, 200, 'health needs no token')
+})
+
+t.test('issuing: every validation problem is reported, coded', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY })
+  const url = `${g.controlUrl}/v1/grants`
+  const bad = await post(url, { subject: 'Not An Id', resource: 'crm-api', scopes: [], ttl: 'soon', extra: 1 })
+  t.equal(bad.status, 400)
+  t.equal(bad.json.error.code, 'invalid_request')
+  t.same(bad.json.error.details, [
+    'extra: unknown field',
+    'subject: expected a sub-processor id (lowercase letters, digits, ".", "_", "-")',
+    'scopes: expected 1 to 64 scope strings such as "GET /crm/customers/**"',
+    'ttl: expected a duration such as "15m" or "2h", or a number of seconds',
+  ])
+  t.match(await post(url, '{not json'), { status: 400, json: { error: { code: 'invalid_request', details: ['body: not valid JSON'] } } })
+  t.match(await post(url, '[]'), { status: 400, json: { error: { details: ['body: expected a JSON object'] } } })
+  t.match(await post(url, 'x'.repeat(70_000)), { status: 413, json: { error: { code: 'payload_too_large' } } })
+  t.match(await post(url, '{}', { 'content-type': 'text/plain' }), { status: 415, json: { error: { code: 'unsupported_media_type' } } })
+  const base = { subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' }
+  t.match(await post(url, { ...base, resource: 'nope' }), { status: 422, json: { error: { code: 'unknown_resource' } } })
+  t.match(await post(url, { ...base, ttl: '2h' }), { status: 422, json: { error: { code: 'ttl_exceeds_max', details: ['ttl 2h > max_ttl 1h'] } } })
+  const scope = await post(url, { ...base, scopes: ['GET /crm/*.json', 'FETCH', 'GET /billing/**'] })
+  t.equal(scope.status, 422)
+  t.equal(scope.json.error.code, 'invalid_scope')
+  t.equal(scope.json.error.details.length, 3)
+  t.match(scope.json.error.details[2], /outside the resource's prefix \/crm/)
+  t.equal((await call(`${g.controlUrl}/v1/grants`, { method: 'PUT', token: ADMIN_TOKEN })).status, 405)
+  t.equal((await call(`${g.controlUrl}/v1/nothing`, { token: ADMIN_TOKEN })).status, 404)
+  t.notOk(g.audit.some((e) => e.event === 'grant.issued'), 'nothing issued')
+})
+
+t.test('list and get never return tokens; a revocation needs a reason', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY })
+  const a = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const b = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '5m' })
+  const list = await call(`${g.controlUrl}/v1/grants`, { token: ADMIN_TOKEN })
+  t.same(list.json.grants.map((x: { id: string }) => x.id), [b.id, a.id], 'soonest expiry first')
+  t.notOk(list.text.includes(a.token) || list.text.includes('"token"'))
+  const one = await call(`${g.controlUrl}/v1/grants/${a.id}`, { token: ADMIN_TOKEN })
+  t.match(one.json, { id: a.id, subject: 'acme', resource: 'crm-api', status: 'active', issued_by: 'operator' })
+  t.equal(one.json.token, undefined)
+  const noReason = await request(`${g.controlUrl}/v1/grants/${a.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
+  t.equal(noReason.statusCode, 400)
+  await noReason.body.dump()
+  t.equal(await g.revoke(a.id, 'done'), 204)
+  const after = await call(`${g.controlUrl}/v1/grants/${a.id}`, { token: ADMIN_TOKEN })
+  t.match(after.json, { id: a.id, status: 'revoked', revoked_by: 'operator', reason: 'done' })
+  t.equal((await call(`${g.controlUrl}/v1/grants/g_unknown00000000000`, { token: ADMIN_TOKEN })).status, 404)
+  t.equal((await call(`${g.controlUrl}/v1/grants/..%2f..%2fetc`, { token: ADMIN_TOKEN })).status, 404)
+})
+
+t.test('JWKS verifies the issued tokens; readyz shows the policy version', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY })
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const jwks = await call(`${g.controlUrl}/.well-known/jwks.json`)
+  t.equal(jwks.json.keys.length, 1)
+  t.equal(jwks.json.keys[0].d, undefined, 'no private part')
+  const { payload, protectedHeader } = await jwtVerify(grant.token, createLocalJWKSet(jwks.json), { issuer: 'jitgate', audience: 'crm-api' })
+  t.match(protectedHeader, { alg: 'EdDSA', typ: 'jit+jwt', kid: jwks.json.keys[0].kid })
+  t.match(payload, { sub: 'acme', jti: grant.id })
+  t.equal(payload.exp, Date.parse(grant.expires_at) / 1000, 'token exp = grant expiry')
+  const ready = await call(`${g.controlUrl}/readyz`)
+  t.match(ready, { status: 200, json: { ready: true, store: { kind: 'memory', reachable: true }, policy_version: g.gw.policy().version } })
+  const metrics = await call(`${g.controlUrl}/metrics`)
+  t.match(metrics.text, /jitgate_active_grants 1/)
+  t.match(metrics.text, /jitgate_grants_issued_total 1/)
+})
+
+t.test('without an admin token the API refuses a non-loopback listener', async (t) => {
+  await t.rejects(
+    startTestGateway(t, { policy: POLICY, adminToken: '', env: { JITGATE_ADMIN_TOKEN: '', JITGATE_CONTROL_LISTEN: '0.0.0.0:0' } }),
+    { name: 'StartupError', message: /no admin token is configured/ },
+  )
+  const g = await startTestGateway(t, { policy: POLICY, env: { JITGATE_ADMIN_TOKEN: '' } })
+  const res = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: 60 }, { authorization: '' })
+  t.equal(res.status, 201, 'open on loopback')
+  t.match(g.audit.find((e) => e.event === 'grant.issued'), { actor: 'local-operator' })
+})

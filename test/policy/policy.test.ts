@@ -1,0 +1,129 @@
+/** Policy loading: every problem in every file reported at once, positioned; secrets resolved. */
+import t from 'tap'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { compilePolicy, loadPolicy, upstreamPath } from '../../src/policy/policy.js'
+import { SourceError, formatIssues } from '../../src/config/yaml-source.js'
+
+function errors(texts: Record<string, string>, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    compilePolicy(Object.entries(texts).map(([file, text]) => ({ file, text })), { env })
+  } catch (err) {
+    if (err instanceof SourceError) return formatIssues(err.issues).split('\n')
+    throw err
+  }
+  return []
+}
+
+t.test('the shipped example policy loads', async (t) => {
+  const p = loadPolicy(new URL('../../policies', import.meta.url).pathname, { env: {} })
+  t.same([...p.resources.keys()], ['crm-api', 'billing-ws'])
+  t.match(p.version, /^[0-9a-f]{16}$/)
+})
+
+t.test('every problem at once, with file, line, column and path', async (t) => {
+  const a = [
+    'resources:', //                                  1
+    '  - id: crm-api', //                             2
+    '    upstream: ftp://x', //                       3
+    '    match: { path_prefix: crm }', //             4
+    '    max_ttl: 8 hours', //                        5
+    '    websocket: yes', //                          6
+    '  - id: Bad_Id', //                              7
+    '    upstream: http://x', //                      8
+    '    match: {}', //                               9
+    '    max_ttl: 1h', //                             10
+    '    extra: 1', //                                11
+  ].join('\n')
+  t.same(errors({ 'a.yaml': a }), [
+    'a.yaml:3:5 resources[0].upstream: expected an http:// or https:// URL',
+    'a.yaml:4:14 resources[0].match.path_prefix: expected a path starting with /',
+    'a.yaml:5:5 resources[0].max_ttl: expected a duration such as 30s, 15m, 2h or 7d',
+    'a.yaml:6:5 resources[0].websocket: expected boolean',
+    'a.yaml:11:5 resources[1].extra: unknown key',
+    'a.yaml:7:5 resources[1].id: expected an id: lowercase letters, digits, ".", "_", "-" (at most 63, starting with a letter or digit)',
+  ])
+})
+
+t.test('semantic errors across files: duplicate ids, route conflicts, credentials', async (t) => {
+  const a = `resources:
+  - id: one
+    upstream: http://127.0.0.1:1
+    match: { path_prefix: /x }
+    max_ttl: 1h
+    credentials:
+      - { header: Authorization, env: MISSING_SECRET }
+      - { header: X-Forwarded-For, env: SOME }
+      - { header: X-Key, env: SOME, file: k }
+`
+  const b = `resources:
+  - id: one
+    upstream: http://127.0.0.1:2
+    match: { path_prefix: /y }
+    max_ttl: 1h
+  - id: two
+    upstream: http://127.0.0.1:2
+    match: { path_prefix: /x/ }
+    max_ttl: 1h
+    strip_prefix: true
+  - id: three
+    upstream: http://127.0.0.1:2?q=1
+    match: {}
+    max_ttl: 500ms
+`
+  t.same(errors({ 'a.yaml': a, 'b.yaml': b }, { SOME: 'v' }), [
+    'a.yaml:7:34 resources[0].credentials[0].env: environment variable MISSING_SECRET is not set',
+    'a.yaml:8:11 resources[0].credentials[1].header: header X-Forwarded-For is set by the gateway and cannot be injected',
+    'a.yaml:9:9 resources[0].credentials[2]: a credential takes exactly one of env or file',
+    'b.yaml:2:5 resources[0].id: duplicate resource id "one" (first defined at a.yaml:2)',
+    'b.yaml:12:5 resources[2].upstream: the upstream URL must not carry a query, fragment or user info (use credentials)',
+    'b.yaml:13:5 resources[2].match: a resource needs match.path_prefix, match.host, or both',
+    'b.yaml:14:5 resources[2].max_ttl: max_ttl must be at least 1s',
+  ])
+  t.match(
+    errors({ 'c.yaml': 'resources:\n  - { id: a, upstream: "http://h", match: { path_prefix: /p }, max_ttl: 1h }\n  - { id: b, upstream: "http://h", match: { path_prefix: /p }, max_ttl: 1h }\n' }),
+    [/conflict|same/i],
+  )
+})
+
+t.test('YAML traps: duplicate keys, alias bombs, `no` stays a string', async (t) => {
+  t.match(errors({ 'd.yaml': 'resources: []\nresources: []\n' }), [/d\.yaml:2:1: Map keys must be unique/])
+  const bomb = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+  for (let i = 1; i < 10; i++) bomb.push(`${'b'.repeat(i)}: &${'b'.repeat(i)} [${Array(10).fill(i === 1 ? '*a' : `*${'b'.repeat(i - 1)}`).join(',')}]`)
+  const started = Date.now()
+  t.match(errors({ 'bomb.yaml': bomb.join('\n') }), [/bomb\.yaml:1:1: Excessive alias count/])
+  t.ok(Date.now() - started < 1000, 'refused quickly')
+  t.match(errors({ 'n.yaml': 'resources:\n  - { id: a, upstream: "http://h", match: { path_prefix: /p }, max_ttl: 1h, websocket: no }\n' }), [
+    /websocket: expected boolean/,
+  ])
+})
+
+t.test('secrets: from env and file, never enumerable on the resource', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'jitgate-pol-'))
+  writeFileSync(join(dir, 'key.txt'), 'file-secret\n')
+  writeFileSync(
+    join(dir, 'p.yaml'),
+    `resources:
+  - id: api
+    upstream: http://127.0.0.1:9000/base/
+    match: { path_prefix: /api }
+    strip_prefix: true
+    max_ttl: 2h
+    credentials:
+      - { header: Authorization, env: TOKEN, prefix: "Bearer " }
+      - { header: X-Key, file: key.txt }
+`,
+  )
+  const p = loadPolicy(dir, { env: { TOKEN: 'env-secret' } })
+  const r = p.resources.get('api')!
+  t.same(r.inject, [['authorization', 'Bearer env-secret'], ['x-key', 'file-secret']])
+  t.notOk(JSON.stringify(r).includes('secret'), 'serialising a resource never shows a secret')
+  t.same(r.injectedHeaders, ['authorization', 'x-key'])
+  t.equal(r.maxTtlMs, 7_200_000)
+  t.equal(upstreamPath(r, '/api/v1/x'), '/base/v1/x')
+  t.equal(upstreamPath(r, '/api'), '/base/')
+  t.equal(p.matchRoute('anything', '/api/v1')?.id, 'api')
+  t.equal(p.matchRoute(undefined, '/apix'), undefined)
+  t.ok(Object.isFrozen(r))
+})
