@@ -249,6 +249,8 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: ParsedHeaders): void {
+    // Interim responses (103 Early Hints; 100 never comes, Expect is not forwarded) are not
+    // relayed: the final response follows on the same request.
     if (this.settled) return
     clearTimeout(this.timer)
     this.status = statusCode
@@ -338,6 +340,9 @@ class UpgradeExchange {
   start(proxy: httpProxy, starting: WeakMap<IncomingMessage, UpgradeExchange>, head: Buffer): void {
     // Node's server stops listening for socket errors once it hands over an upgrade; without a
     // listener a client reset would crash the process. Errors surface as 'close', acted on below.
+    // The socket is not read during the handshake (its bytes belong to the tunnel), so a client
+    // that leaves quietly is only noticed once the upstream answers (the tunnel then closes) or
+    // the timeout fires; 'close' catches a socket destroyed meanwhile (shutdown, a write error).
     this.socket.on('error', ignoreError)
     this.socket.once('close', this.onClientClose)
     this.timer = setTimeout(this.onTimeout, this.target.timeoutMs)
@@ -439,7 +444,7 @@ class Tunnel implements UpgradeHandle {
   }
 
   close(code: number, reason: string): void {
-    if (this.closing) return
+    if (this.closing || this.open === 0) return
     this.closing = true
     const payload = closePayload(code, reason)
     this.toClient.close(closeFrame(payload, false))
@@ -538,7 +543,7 @@ export class FrameCursor {
    */
   advance(chunk: Buffer, stopAtBoundary: boolean): number {
     let i = 0
-    while (i < chunk.length) {
+    while (i < chunk.length && !(stopAtBoundary && this.atBoundary)) {
       if (this.payloadLeft > 0) {
         const n = Math.min(this.payloadLeft, chunk.length - i)
         this.payloadLeft -= n
@@ -550,7 +555,6 @@ export class FrameCursor {
           this.headerLength = 0
         }
       }
-      if (stopAtBoundary && this.atBoundary) break
     }
     return i
   }

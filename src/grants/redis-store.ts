@@ -125,6 +125,9 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
     commandTimeout: timeoutMs,
+    // Concurrent requests' grant lookups leave in one write per event-loop tick instead of one
+    // syscall each: measured by `npm run bench`, this is most of the Redis path's CPU cost.
+    enableAutoPipelining: true,
   }) as ScriptedRedis
   client.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
   client.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })

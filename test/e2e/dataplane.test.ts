@@ -27,6 +27,11 @@ resources:
     match: { path_prefix: /billing }
     max_ttl: 1h
     websocket: true
+  - id: slow
+    upstream: UPSTREAM
+    match: { path_prefix: /slow }
+    max_ttl: 1h
+    timeout: 500ms
   - id: dead
     upstream: http://127.0.0.1:9
     match: { path_prefix: /dead }
@@ -184,6 +189,13 @@ t.test('upstream failures after an allowed decision: 502 and 504, coded', async 
   t.equal(res.status, 502)
   t.equal(res.json.error.code, 'upstream_unavailable')
   t.match(lastAudit(g, 'access.allowed'), { status: 502, code: 'upstream_unavailable' })
+  const slow = await g.issue({ resource: 'slow', scopes: ['GET /slow/**'], ttl: '10m' })
+  const timedOut = await call(`${g.dataUrl}/slow/x`, { token: slow.token })
+  t.equal(timedOut.status, 504)
+  t.equal(timedOut.json.error.code, 'upstream_timeout')
+  t.match(lastAudit(g, 'access.allowed'), { resource: 'slow', status: 504, code: 'upstream_timeout' })
+  const metrics = await call(`${g.controlUrl}/metrics`)
+  t.match(metrics.text, /jitgate_requests_total\{resource="slow",decision="allow",code="upstream_timeout"\} 1/)
 })
 
 t.test('path tricks cannot leave the scope', async (t) => {

@@ -31,6 +31,12 @@ export async function startUpstream(t: { teardown(fn: () => unknown): void }): P
       const r = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, rawHeaders: req.rawHeaders, body: Buffer.concat(chunks).toString() }
       received.push(r)
       const body = JSON.stringify({ method: r.method, url: r.url })
+      // `/slow/...` answers after 3 s: for upstream-timeout tests.
+      if (r.url.startsWith('/slow')) {
+        const timer = setTimeout(() => res.writeHead(200).end(body), 3000)
+        res.on('close', () => clearTimeout(timer))
+        return
+      }
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }).end(body)
     })
   })
