@@ -46,13 +46,21 @@ export interface RunningGateway {
   stop(): Promise<void>
 }
 
+/** The operational log (not the audit trail): JSON lines on stderr, ISO times. */
+export function createOpsLogger(config: GatewayConfig): Logger {
+  return pino(
+    { level: config.logLevel, base: { gateway_id: config.gatewayId }, timestamp: pino.stdTimeFunctions.isoTime },
+    pino.destination(2),
+  )
+}
+
 export class StartupError extends Error {
   override readonly name = 'StartupError'
 }
 
 export async function startGateway(opts: GatewayOptions): Promise<RunningGateway> {
   const { config } = opts
-  const log = opts.log ?? pino({ level: config.logLevel, base: { gateway_id: config.gatewayId } }, pino.destination(2))
+  const log = opts.log ?? createOpsLogger(config)
 
   if (config.controlPlane.adminToken === undefined && !isLoopback(config.controlPlane.listen.host)) {
     throw new StartupError(
@@ -67,7 +75,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
 
   const keys = await loadKeyRing(
     { signingKey: config.tokens.signingKey, verificationKeyFiles: config.tokens.verificationKeyFiles, dataDir: config.dataDir },
-    (file) => log.warn({ file }, 'generated a development signing key (mode 0600); configure tokens.signing_key_file for production'),
+    (file) => log.warn({ file }, 'generated a development signing key (mode 0600); for production set JITGATE_SIGNING_KEY_FILE or tokens.signing_key_file'),
   )
   const verifier = createTokenVerifier({
     keys,
@@ -165,14 +173,13 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         dataPlane.server.closeIdleConnections()
         control.closeIdleConnections()
         connections.closeAll('gateway_shutdown', 'gateway shutting down')
-        const deadline = Date.now() + config.dataPlane.drainTimeoutMs
-        while (dataPlane.inflight() > 0 && Date.now() < deadline) await sleep(25)
-        if (dataPlane.inflight() > 0) log.warn({ inflight: dataPlane.inflight() }, 'drain timeout: closing remaining connections')
+        const left = await dataPlane.settled(config.dataPlane.drainTimeoutMs)
+        if (left > 0) log.warn({ inflight: left }, 'drain timeout: closing remaining connections')
         dataPlane.server.closeAllConnections()
         control.closeAllConnections()
+        // Handlers cut off just now still write their audit events (client_aborted) before the flush.
+        await dataPlane.settled(1000)
         await closed
-        // Let the audit lines of requests that just finished be written before flushing.
-        await sleep(0)
         unsubscribe()
         await Promise.allSettled([forwarder.close(), store.close()])
         audit.emit('gateway.stopped', {})
@@ -201,10 +208,6 @@ function urlOf(server: Server): string {
   const a = server.address() as AddressInfo
   const host = a.family === 'IPv6' ? `[${a.address}]` : a.address
   return `http://${host === '0.0.0.0' ? '127.0.0.1' : host === '[::]' ? '[::1]' : host}:${a.port}`
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms))
 }
 
 function rateLimited<A extends unknown[]>(fn: (...a: A) => void, everyMs: number): (...a: A) => void {

@@ -76,13 +76,14 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
       })
   const logger: Logger = pino(
     {
-      // Audit events carry `time` first and `event`, not a log level: the SIEM routes on the event
-      // name. pino's pid, hostname and timestamp are off, and the level slot (always first in
-      // pino's output) carries the RFC 3339 time instead.
+      // Audit events carry `time` (RFC 3339, ms) first and `event`, not a log level: the SIEM
+      // routes on the event name. pino caches the level formatter's output once per level, so the
+      // level slot is emptied and the time comes from the timestamp hook, which runs per line;
+      // with no level before it, it takes no leading comma.
       base: null,
-      timestamp: false,
+      timestamp: () => `"time":"${new Date().toISOString()}"`,
       messageKey: 'message',
-      formatters: { level: () => ({ time: new Date().toISOString() }) },
+      formatters: { level: () => ({}) },
     },
     dest as Parameters<typeof pino>[1],
   )

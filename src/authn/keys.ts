@@ -102,6 +102,9 @@ async function importPrivate(text: string, origin: string): Promise<SigningKey> 
       }
       key = (await importJWK(jwk, TOKEN_ALG)) as CryptoKey
     } else {
+      if (!trimmed.startsWith('-----BEGIN PRIVATE KEY-----')) {
+        throw new Error('expected an Ed25519 private JWK ({"kty":"OKP",...}) or a PKCS#8 PEM ("-----BEGIN PRIVATE KEY-----")')
+      }
       key = await importPKCS8(trimmed, TOKEN_ALG, { extractable: true })
       jwk = await exportJWK(key)
     }

@@ -46,20 +46,27 @@ const COMMANDS: Record<string, Command> = {
 
   --config FILE   configuration file (default: ${DEFAULT_CONFIG_FILE})
 
-Environment: REDIS_URL (use Redis instead of the embedded memory store), JITGATE_ADMIN_TOKEN
-(operator API token), JITGATE_SIGNING_KEY_FILE, JITGATE_DATA_LISTEN, JITGATE_CONTROL_LISTEN,
-JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
+Environment (see README.md, "Configuration"):
+  REDIS_URL                  use Redis instead of the embedded memory store
+  JITGATE_ADMIN_TOKEN        operator API token
+  JITGATE_SIGNING_KEY_FILE   token signing key file (or JITGATE_SIGNING_KEY: the key itself)
+  JITGATE_DATA_LISTEN, JITGATE_CONTROL_LISTEN   host:port of each listener
+  JITGATE_POLICY_DIR, JITGATE_DATA_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL,
+  JITGATE_GATEWAY_ID, JITGATE_KEY_PREFIX
+
+Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
     options: { config: { type: 'string', short: 'c' } },
     async run(values, _positionals, io) {
       const config = loadConfig({ env: io.env, ...(values.config ? { file: values.config as string } : {}) })
       // Loaded on demand: the other commands start faster without the data-plane stack.
-      const { startGateway } = await import('../gateway.js')
-      const gw = await startGateway({ config, env: io.env })
+      const { startGateway, createOpsLogger } = await import('../gateway.js')
+      const log = createOpsLogger(config)
+      const gw = await startGateway({ config, env: io.env, log })
       let signalled = false
       const onSignal = (sig: string) => {
         if (signalled) return
         signalled = true
-        io.err(`jitgate: ${sig} received, draining\n`)
+        log.info({ signal: sig }, 'draining and stopping')
         gw.stop().then(
           () => process.exit(0),
           () => process.exit(1),
@@ -92,10 +99,14 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
     async run(v, _positionals, io) {
       for (const k of ['subject', 'resource', 'scope', 'ttl']) if (v[k] === undefined) throw new UsageError(`--${k} is required`)
       const body = { subject: v.subject, resource: v.resource, scopes: v.scope, ttl: v.ttl, ...(v.reason ? { reason: v.reason } : {}) }
-      const res = await api(io, v, 'POST', '/v1/grants', body)
+      const res = expectShape<{ id: string; expires_at: string; token: string }>(
+        await api(io, v, 'POST', '/v1/grants', body),
+        (r) => typeof r.token === 'string' && typeof r.id === 'string',
+        controlBase(io, v),
+      )
       if (v.json) print(io, res)
       else {
-        const g = res as { id: string; expires_at: string; token: string }
+        const g = res
         io.err(`grant ${g.id} expires ${g.expires_at}\n`)
         io.out(`${g.token}\n`)
       }
@@ -107,7 +118,7 @@ JITGATE_POLICY_DIR, JITGATE_AUDIT_OUTPUT, JITGATE_LOG_LEVEL. See README.md.`,
     usage: `jitgate grant list [--url URL] [--json]`,
     options: { ...controlOptions },
     async run(v, _positionals, io) {
-      const res = (await api(io, v, 'GET', '/v1/grants')) as { grants: Record<string, unknown>[] }
+      const res = expectShape<{ grants: Record<string, unknown>[] }>(await api(io, v, 'GET', '/v1/grants'), (r) => Array.isArray(r.grants), controlBase(io, v))
       if (v.json) return print(io, res), 0
       if (res.grants.length === 0) io.out('no active grants\n')
       for (const g of res.grants) {
@@ -163,7 +174,7 @@ function print(io: CliIO, value: unknown): void {
 }
 
 async function api(io: CliIO, v: Record<string, unknown>, method: string, path: string, body?: unknown): Promise<unknown> {
-  const base = (v.url as string | undefined) ?? io.env.JITGATE_CONTROL_URL ?? 'http://127.0.0.1:8081'
+  const base = controlBase(io, v)
   const headers: Record<string, string> = {}
   if (io.env.JITGATE_ADMIN_TOKEN) headers.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
   if (io.env.USER) headers['x-jitgate-actor'] = io.env.USER.replace(/[^A-Za-z0-9@._-]/g, '').slice(0, 64)
@@ -180,17 +191,27 @@ async function api(io: CliIO, v: Record<string, unknown>, method: string, path: 
   try {
     json = JSON.parse(text)
   } catch {
-    throw new CliError(`unexpected ${res.status} response from ${base}`)
+    throw new CliError(`unexpected ${res.status} response from ${base}: is this a jitgate control plane?`)
   }
   if (!res.ok) {
-    const e = (json as { error?: { code?: string; message?: string; details?: string[] } }).error
-    const details = e?.details?.length ? `\n  ${e.details.join('\n  ')}` : ''
-    throw new CliError(`${e?.code ?? res.status}: ${e?.message ?? 'request failed'}${details}`)
+    const e = (json as { error?: { code?: unknown; message?: unknown; details?: unknown } } | null)?.error
+    const details = Array.isArray(e?.details) && e.details.length ? `\n  ${e.details.join('\n  ')}` : ''
+    throw new CliError(`${typeof e?.code === 'string' ? e.code : res.status}: ${typeof e?.message === 'string' ? e.message : 'request failed'}${details}`)
   }
   return json
 }
 
+/** The shape a command expects from the control plane, or a clear error (never a TypeError). */
+function expectShape<T>(value: unknown, ok: (v: Record<string, unknown>) => boolean, base: string): T {
+  if (value !== null && typeof value === 'object' && ok(value as Record<string, unknown>)) return value as T
+  throw new CliError(`unexpected response from ${base}: is this a jitgate control plane?`)
+}
+
 class CliError extends Error {}
+
+function controlBase(io: CliIO, v: Record<string, unknown>): string {
+  return (v.url as string | undefined) ?? io.env.JITGATE_CONTROL_URL ?? 'http://127.0.0.1:8081'
+}
 
 function help(): string {
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(14)} ${c.summary}`)
@@ -212,6 +233,13 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
   const two = `${argv[0]} ${argv[1] ?? ''}`
   const name = COMMANDS[two] ? two : argv[0] as string
   const cmd = COMMANDS[name]
+  const group = Object.keys(COMMANDS).filter((c) => c.startsWith(`${argv[0]} `))
+  if (!cmd && group.length > 0) {
+    // `jitgate grant`, `jitgate grant --help`: list the group's commands.
+    const asked = argv[1] === undefined || argv[1] === '--help' || argv[1] === '-h'
+    ;(asked ? io.out : io.err)(`${asked ? '' : `jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n`}Commands:\n${group.map((c) => `  ${c.padEnd(14)} ${(COMMANDS[c] as Command).summary}`).join('\n')}\n`)
+    return asked && argv[1] !== undefined ? 0 : 2
+  }
   if (!cmd) {
     io.err(`jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${help()}`)
     return 2
@@ -237,8 +265,13 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
       io.err(`jitgate: ${(err as Error).message}\n`)
       return 1
     }
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-      io.err(`jitgate: ${(err as Error).message} (refusing to overwrite)\n`)
+    const fsCode = (err as NodeJS.ErrnoException).code
+    if (fsCode === 'EEXIST') {
+      io.err(`jitgate: ${(err as NodeJS.ErrnoException).path ?? 'file'} exists (refusing to overwrite)\n`)
+      return 1
+    }
+    if (fsCode === 'ENOENT' || fsCode === 'EACCES' || fsCode === 'ENOTDIR') {
+      io.err(`jitgate: cannot write ${(err as NodeJS.ErrnoException).path ?? 'file'}: ${fsCode === 'EACCES' ? 'permission denied' : 'no such folder'}\n`)
       return 1
     }
     io.err(`jitgate: unexpected error: ${(err as Error).stack ?? String(err)}\n`)

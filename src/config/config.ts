@@ -5,7 +5,7 @@
 import { hostname } from 'node:os'
 import { dirname, resolve } from 'node:path'
 import { readFileSync } from 'node:fs'
-import { checkSchema, readYaml, parseYaml, type SourceIssue, SourceError } from './yaml-source.js'
+import { checkSchema, issueAt, readYaml, parseYaml, type SourceIssue, SourceError } from './yaml-source.js'
 import { ConfigSchema, type ConfigFile } from './schema.js'
 import { parseDuration } from '../util/duration.js'
 import { parseListen, type ListenAddress } from '../util/listen.js'
@@ -97,10 +97,12 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
   const ms = (v: string | undefined, dflt: number) => (v === undefined ? dflt : (parseDuration(v) as number))
   const path = (p: string) => resolve(baseDir, p)
 
-  const listenOf = (envName: string, value: string | undefined, dflt: string): ListenAddress => {
-    const text = env[envName] || value || dflt
+  const listenOf = (envName: string, section: string, value: string | undefined, dflt: string): ListenAddress => {
+    const fromEnv = env[envName]
+    const text = fromEnv || value || dflt
     const addr = parseListen(text)
-    if (!addr) envIssue(envName, `expected host:port, got ${JSON.stringify(text)}`)
+    if (!addr && fromEnv) envIssue(envName, `expected host:port, got ${JSON.stringify(text)}`)
+    else if (!addr) issues.push(issueAt(source, [section, 'listen'], `expected host:port with a port from 0 to 65535, got ${JSON.stringify(text)}`))
     return addr ?? { host: '127.0.0.1', port: 0 }
   }
 
@@ -134,19 +136,21 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
   const config: GatewayConfig = {
     gatewayId: env.JITGATE_GATEWAY_ID || c.gateway_id || `${hostname()}-${process.pid}`,
     configFile: file,
-    dataDir: env.JITGATE_DATA_DIR ? resolve(env.JITGATE_DATA_DIR) : path(c.data_dir ?? '.jitgate'),
+    // Paths written in the file are relative to the file; defaults are relative to the working
+    // directory (so a minimal --config elsewhere still finds ./policies).
+    dataDir: env.JITGATE_DATA_DIR ? resolve(env.JITGATE_DATA_DIR) : c.data_dir ? path(c.data_dir) : resolve('.jitgate'),
     dataPlane: {
-      listen: listenOf('JITGATE_DATA_LISTEN', c.data_plane?.listen, '0.0.0.0:8080'),
+      listen: listenOf('JITGATE_DATA_LISTEN', 'data_plane', c.data_plane?.listen, '0.0.0.0:8080'),
       upstreamTimeoutMs: ms(c.data_plane?.upstream_timeout, 30_000),
       connectTimeoutMs: ms(c.data_plane?.connect_timeout, 5_000),
       drainTimeoutMs: ms(c.data_plane?.drain_timeout, 10_000),
       publicProto: c.data_plane?.public_proto ?? 'http',
     },
     controlPlane: {
-      listen: listenOf('JITGATE_CONTROL_LISTEN', c.control_plane?.listen, '127.0.0.1:8081'),
+      listen: listenOf('JITGATE_CONTROL_LISTEN', 'control_plane', c.control_plane?.listen, '127.0.0.1:8081'),
       adminToken,
     },
-    policyDir: env.JITGATE_POLICY_DIR ? resolve(env.JITGATE_POLICY_DIR) : path(c.policy?.dir ?? 'policies'),
+    policyDir: env.JITGATE_POLICY_DIR ? resolve(env.JITGATE_POLICY_DIR) : c.policy?.dir ? path(c.policy.dir) : resolve('policies'),
     store: redisUrl
       ? { kind: 'redis', url: redisUrl, keyPrefix, timeoutMs, tombstoneMs }
       : { kind: 'memory', timeoutMs, tombstoneMs },

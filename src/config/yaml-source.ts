@@ -41,7 +41,7 @@ export class SourceError extends Error {
 /** Renders issues one per line: `file:line:col path: message`. */
 export function formatIssues(issues: readonly SourceIssue[]): string {
   return issues
-    .map((i) => `${i.file}:${i.line}:${i.column}${i.path ? ` ${i.path}` : ''}: ${i.message}`)
+    .map((i) => `${i.file}${i.line > 0 ? `:${i.line}:${i.column}` : ''}${i.path ? ` ${i.path}` : ''}: ${i.message}`)
     .join('\n')
 }
 
@@ -74,6 +74,11 @@ export function parseYaml(file: string, text: string): { source?: YamlSource; is
   const depth = maxDepth(doc.contents as Node | null, 0)
   if (depth > YAML_LIMITS.maxDepth) {
     return { issues: [{ file, line: 1, column: 1, path: '', message: `nesting deeper than ${YAML_LIMITS.maxDepth} levels` }] }
+  }
+  const badKey = collectionKey(doc.contents as Node | null)
+  if (badKey !== undefined) {
+    const pos = lineCounter.linePos(badKey)
+    return { issues: [{ file, line: pos.line, column: pos.col, path: '', message: 'a mapping key must be a plain value, not a list or mapping' }] }
   }
   let value: unknown
   try {
@@ -111,16 +116,28 @@ export function checkSchema<S extends TSchema>(
   if (Value.Check(schema, value)) return { ok: true, value: value as Static<S> }
   const issues: SourceIssue[] = []
   const seen = new Set<string>()
+  // A missing key yields several validator errors at its path ("required", then the type it
+  // should have had); say once that it is missing, positioned at the object that lacks it.
+  const missing = new Set<string>()
   for (const e of Value.Errors(schema, value)) {
     const rel = e.path === '' ? [] : e.path.split('/').slice(1).map(unescapePointer)
     const path = [...base, ...rel]
-    const message = describe(e)
-    const key = `${formatPath(path)}\u0000${message}`
+    const at = formatPath(path)
+    if (missing.has(at)) continue
+    const absent = e.value === undefined
+    if (absent) missing.add(at)
+    const message = absent ? `missing required key ${JSON.stringify(String(rel.at(-1) ?? ''))}` : describe(e)
+    const key = `${at}\u0000${message}`
     if (seen.has(key)) continue
     seen.add(key)
-    issues.push(issueAt(source, path, message))
+    issues.push(absent ? { ...issueAt(source, path.slice(0, -1), message), path: at } : issueAt(source, path, message))
   }
-  return { ok: false, issues }
+  return { ok: false, issues: sortIssues(issues) }
+}
+
+/** Orders issues as a reader meets them: by file, line, column. */
+export function sortIssues(issues: readonly SourceIssue[]): SourceIssue[] {
+  return [...issues].sort((a, b) => (a.file === b.file ? a.line - b.line || a.column - b.column : a.file < b.file ? -1 : 1))
 }
 
 export function issueAt(source: YamlSource, path: readonly (string | number)[], message: string): SourceIssue {
@@ -146,6 +163,26 @@ function unescapePointer(s: string): string | number {
 
 function firstLine(s: string): string {
   return s.split('\n')[0] ?? s
+}
+
+/**
+ * Offset of the first mapping key that is a list or mapping (`? [a, b]: 1`), if any: JavaScript
+ * objects would silently turn it into the string "[ a, b ]". Only called within the depth bound.
+ */
+function collectionKey(node: unknown): number | undefined {
+  if (isMap(node)) {
+    for (const p of node.items) {
+      if (isMap(p.key) || isSeq(p.key)) return rangeStart(p.key) ?? 0
+      const inner = collectionKey(p.value)
+      if (inner !== undefined) return inner
+    }
+  } else if (isSeq(node)) {
+    for (const i of node.items) {
+      const inner = collectionKey(i)
+      if (inner !== undefined) return inner
+    }
+  }
+  return undefined
 }
 
 function maxDepth(node: Node | null | undefined, d: number): number {

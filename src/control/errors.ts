@@ -14,7 +14,7 @@ export const API_ERRORS = Object.freeze({
   unknown_resource: { status: 422, message: 'No resource with this id exists in the policy.' },
   invalid_scope: { status: 422, message: 'A scope is not a valid `METHODS PATH` pattern.' },
   ttl_exceeds_max: { status: 422, message: "The ttl exceeds the resource's max_ttl." },
-  grant_not_found: { status: 404, message: 'No active grant with this id.' },
+  grant_not_found: { status: 404, message: 'No active grant with this id (it may have expired or been revoked already).' },
   store_unavailable: { status: 503, message: 'The grant store is unreachable; nothing was changed.' },
   internal_error: { status: 500, message: 'Internal error.' },
 } as const)

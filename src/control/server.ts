@@ -144,7 +144,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
       details.push(`scopes: expected 1 to ${MAX_SCOPES} scope strings such as "GET /crm/customers/**"`)
     }
     const ttlMs = parseTtl(body.ttl)
-    if (ttlMs === undefined) details.push('ttl: expected a duration such as "15m" or "2h", or a number of seconds')
+    if (ttlMs === undefined) details.push('ttl: expected a duration such as "15m", "2h" or "1h30m", or a number of seconds')
     const reason = collect(details, () => stringField(body, 'reason', { optional: true, max: 512 }))
     if (details.length > 0) throw new ApiError('invalid_request', details)
     const issued = await deps.grants.issue({
@@ -267,6 +267,7 @@ function collect<T>(details: string[], fn: () => T): T | undefined {
 function parseTtl(v: unknown): number | undefined {
   if (typeof v === 'number') return Number.isInteger(v) && v > 0 && v <= 366 * 86_400 ? v * 1000 : undefined
   if (typeof v === 'string') {
+    if (/^[0-9]{1,8}$/.test(v)) return parseTtl(Number(v))
     const ms = parseDuration(v)
     return ms !== undefined && ms >= 1000 ? ms : undefined
   }

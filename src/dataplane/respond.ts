@@ -11,9 +11,12 @@ import { DENY_CODES, type DenyCode } from '../decision/codes.js'
 const PREPARED = new Map(
   (Object.keys(DENY_CODES) as DenyCode[]).map((code) => {
     const info = DENY_CODES[code] as { status: number; message: string; bearerError?: string }
-    const challenge = info.bearerError
-      ? `Bearer realm="jitgate", error="${info.bearerError}", error_description="${info.message.replace(/"/g, "'")}"`
-      : undefined
+    const challenge =
+      info.bearerError === undefined
+        ? undefined
+        : info.bearerError === 'none'
+          ? 'Bearer realm="jitgate"'
+          : `Bearer realm="jitgate", error="${info.bearerError}", error_description="${info.message.replace(/"/g, "'")}"`
     return [code, { status: info.status, message: info.message, challenge }] as const
   }),
 )

@@ -31,13 +31,24 @@ export interface DataPlaneDeps {
 
 export interface DataPlane {
   readonly server: Server
-  /** Requests being decided or forwarded right now. */
+  /** Requests and WebSocket connections being handled right now (until their audit event is written). */
   inflight(): number
+  /**
+   * Resolves when every handler in flight has finished, audit event included, or after
+   * `timeoutMs`; resolves with the number still running.
+   */
+  settled(timeoutMs: number): Promise<number>
 }
 
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const { decider, forwarder, audit, metrics, log } = deps
-  let inflight = 0
+  // A handler counts as in flight until its audit event is written (not merely until the response
+  // closes): graceful shutdown waits on these so no decision's event is lost or written late.
+  const handlers = new Set<Promise<void>>()
+  function tracked(p: Promise<void>): void {
+    handlers.add(p)
+    void p.finally(() => handlers.delete(p))
+  }
 
   function decideSafely(req: IncomingMessage, upgrade: boolean): Promise<Decision> {
     return decider
@@ -57,7 +68,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       ...(d.grantId !== undefined ? { grant_id: d.grantId } : {}),
       ...(d.resource ? { resource: d.resource.id } : {}),
       method: bounded(req.method ?? ''),
-      path: d.path ?? bounded(req.url ?? ''),
+      // Never the query string: it can carry credentials (`?access_token=`) and takes no part in a decision.
+      path: d.path ?? bounded((req.url ?? '').split('?', 1)[0] as string),
       status: DENY_CODES[d.code].status,
       code: d.code,
       detail: d.detail,
@@ -88,8 +100,6 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now()
     const requestId = randomUUID()
-    inflight++
-    res.once('close', () => inflight--)
     const d = await decideSafely(req, false)
     metrics.decisionSeconds.observe({ decision: d.allow ? 'allow' : 'deny' }, (performance.now() - started) / 1000)
     if (!d.allow) {
@@ -97,6 +107,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       recordDeny(req, d, requestId, started, 'http')
       return
     }
+    // The client learns the request id on allowed responses too, to quote it to the operator.
+    res.setHeader('x-request-id', requestId)
     const outcome = await forwarder.forward(req, res, targetFor(req, d, requestId, false))
     metrics.upstreamSeconds.observe({ resource: d.resource.id }, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
@@ -174,24 +186,38 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   }
 
   const server = createServer({ requestTimeout: 0 }, (req, res) => {
-    onRequest(req, res).catch((err: unknown) => {
-      log.error({ err }, 'request handling failed')
-      if (!res.headersSent) res.writeHead(500).end()
-      else res.destroy()
-    })
+    tracked(
+      onRequest(req, res).catch((err: unknown) => {
+        log.error({ err }, 'request handling failed')
+        if (!res.headersSent) res.writeHead(500).end()
+        else res.destroy()
+      }),
+    )
   })
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    onUpgrade(req, socket, head).catch((err: unknown) => {
-      log.error({ err }, 'upgrade handling failed')
-      socket.destroy()
-    })
+    tracked(
+      onUpgrade(req, socket, head).catch((err: unknown) => {
+        log.error({ err }, 'upgrade handling failed')
+        socket.destroy()
+      }),
+    )
   })
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Malformed HTTP never reaches the pipeline; answer 400 where the socket still can be.
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
     socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
   })
-  return { server, inflight: () => inflight }
+  return {
+    server,
+    inflight: () => handlers.size,
+    async settled(timeoutMs) {
+      let timer: NodeJS.Timeout | undefined
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))
+      await Promise.race([Promise.allSettled([...handlers]), timeout])
+      clearTimeout(timer)
+      return handlers.size
+    },
+  }
 }
 
 function elapsed(started: number): number {

@@ -3,13 +3,16 @@
  * (`code`) and the metric label. Codes are a public contract (DESIGN.md): never rename one.
  */
 
-/** RFC 6750 §3.1 error values used on 401 responses. */
-export type BearerError = 'invalid_request' | 'invalid_token'
+/**
+ * The `WWW-Authenticate: Bearer` challenge of a 401 (RFC 6750 §3): its `error` attribute, or
+ * `none` for a request that carried no credentials at all, which §3.1 says gets no error code.
+ */
+export type BearerError = 'invalid_request' | 'invalid_token' | 'none'
 
 export interface DenyCodeInfo {
   readonly status: number
   readonly message: string
-  /** Set for 401s: the `error` attribute of the `WWW-Authenticate: Bearer` challenge. */
+  /** Set for 401s: the challenge's `error` attribute (`none`: a bare challenge). */
   readonly bearerError?: BearerError
 }
 
@@ -19,7 +22,7 @@ export const DENY_CODES = Object.freeze({
   token_missing: {
     status: 401,
     message: 'A JIT token is required in the Authorization header (Bearer scheme).',
-    bearerError: 'invalid_request',
+    bearerError: 'none',
   },
   token_malformed: {
     status: 401,

@@ -251,7 +251,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: ParsedHeaders): void {
     // Interim responses (103 Early Hints; 100 never comes, Expect is not forwarded) are not
     // relayed: the final response follows on the same request.
-    if (this.settled) return
+    if (this.settled || statusCode < 200) return
     clearTimeout(this.timer)
     this.status = statusCode
     try {

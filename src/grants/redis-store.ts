@@ -74,7 +74,7 @@ const toError = (err: unknown): Error => (err instanceof Error ? err : new Error
  * such as `?db=1&password=x` are honoured there too), so `unix:///run/redis.sock` becomes
  * `/run/redis.sock`.
  */
-function connectionTarget(url: string): string {
+export function connectionTarget(url: string): string {
   if (/^rediss?:\/\//i.test(url)) return url
   if (url.startsWith('unix://')) return url.slice('unix://'.length)
   throw new Error(`unsupported Redis URL scheme (expected redis://, rediss:// or unix://): ${url.replace(/\/\/[^@/]*@/, '//***@')}`)
@@ -85,7 +85,7 @@ function connectionTarget(url: string): string {
  * ioredis emit the same ECONNREFUSED on every reconnect attempt. A successful reconnect re-arms it.
  * Attaching the handler at all is what keeps an 'error' event from crashing the process.
  */
-function reportErrors(client: Redis, onError: (err: Error) => void): void {
+export function reportErrors(client: Redis, onError: (err: Error) => void): void {
   let last: string | undefined
   client.on('error', (err: Error) => {
     if (err.message === last) return

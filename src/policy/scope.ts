@@ -86,8 +86,108 @@ export function parseScope(text: string): ParseScopeResult {
         ? (_method: string, p: string) => matchPath(pattern, p)
         : (method: string, p: string) => methodSet.has(method) && matchPath(pattern, p),
   })
+  patterns.set(scope, pattern)
   return { ok: true, scope }
 }
+
+/** The path pattern behind each compiled scope, for the comparisons below. */
+const patterns = new WeakMap<CompiledScope, PathPattern>()
+
+/**
+ * True when `outer` allows every request `inner` allows: the methods of `inner` are among those of
+ * `outer`, and every path `inner` matches, `outer` matches. Used to check that a grant's or an
+ * auto-approval's scopes lie within an entitlement.
+ *
+ * The comparison is symbolic, on the patterns (no sample paths): a literal segment of `inner` is
+ * covered by the same literal or a wildcard of `outer`, its `*` by a `*` or `**`, its `**` only by a
+ * `**`, after rewriting runs of wildcards to one canonical form (`**` then `*` becomes `*` then `**`).
+ * It is sound: true means covered. It is conservative: for a few unusual pairs of spellings (a
+ * leading `**` before a literal, inside a leading `*` before a `**`) it answers false, so write the
+ * narrower scope in the shape of the wider one. A false answer denies, never allows.
+ */
+export function scopeCovers(outer: CompiledScope, inner: CompiledScope): boolean {
+  if (outer.methods !== '*') {
+    if (inner.methods === '*') return false
+    for (const m of inner.methods) if (!outer.methods.has(m)) return false
+  }
+  const q = patterns.get(outer)
+  const p = patterns.get(inner)
+  if (q === undefined || p === undefined) return false
+  return tokensCover(canonicalWildcards(q.tokens), canonicalWildcards(p.tokens))
+}
+
+/**
+ * True when the scope can match some path at or below `prefix` (a normalised path prefix without
+ * trailing slash, or `/`): a scope that cannot is dead on a resource served under that prefix,
+ * usually a typo.
+ */
+export function scopeReaches(scope: CompiledScope, prefix: string): boolean {
+  const pattern = patterns.get(scope)
+  if (pattern === undefined) return false
+  if (prefix === '/') return true
+  const segments = prefix.slice(1).split('/')
+  const { tokens } = pattern
+  for (let i = 0; i < segments.length; i++) {
+    const tok = tokens[i]
+    if (tok === undefined) return false
+    if (tok === ANY) return true
+    if (tok !== ONE && tok !== segments[i]) return false
+  }
+  return true
+}
+
+/** Rewrites each run of wildcard tokens holding a `**` as its `*`s followed by one `**`. */
+function canonicalWildcards(tokens: readonly string[]): readonly string[] {
+  const out: string[] = []
+  let i = 0
+  while (i < tokens.length) {
+    const tok = tokens[i] as string
+    if (tok !== ONE && tok !== ANY) {
+      out.push(tok)
+      i++
+      continue
+    }
+    let ones = 0
+    let any = false
+    for (; i < tokens.length && (tokens[i] === ONE || tokens[i] === ANY); i++) {
+      if (tokens[i] === ONE) ones++
+      else any = true
+    }
+    for (let k = 0; k < ones; k++) out.push(ONE)
+    if (any) out.push(ANY)
+  }
+  return out
+}
+
+/** Whether pattern tokens `q` cover pattern tokens `p` (see {@link scopeCovers}); O(|q|·|p|). */
+function tokensCover(q: readonly string[], p: readonly string[]): boolean {
+  const memo = new Map<number, boolean>()
+  const width = p.length + 1
+  const cover = (i: number, j: number): boolean => {
+    const key = i * width + j
+    const known = memo.get(key)
+    if (known !== undefined) return known
+    let result: boolean
+    if (i === q.length) result = j === p.length
+    else if (q[i] === ANY) result = cover(i + 1, j) || (j < p.length && cover(i, j + 1))
+    else if (j === p.length || p[j] === ANY) result = false
+    else if (q[i] === ONE) result = p[j] !== '' && cover(i + 1, j + 1)
+    else result = q[i] === p[j] && cover(i + 1, j + 1)
+    memo.set(key, result)
+    return result
+  }
+  return cover(0, 0)
+}
+
+/**
+ * Methods a scope may name: RFC 9110 §9, PATCH (RFC 5789) and WebDAV (RFC 4918, 3253, 5323).
+ * Any token is a valid method on the wire, but in a scope an unknown one is almost surely a typo
+ * (`GTE`) that would silently allow nothing.
+ */
+const KNOWN_METHODS: ReadonlySet<string> = new Set([
+  'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH',
+  'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'SEARCH',
+])
 
 function parseMethods(text: string): { readonly methods: ReadonlySet<string> | '*' } | { readonly error: string } {
   if (text === '*') return { methods: '*' }
@@ -102,6 +202,9 @@ function parseMethods(text: string): { readonly methods: ReadonlySet<string> | '
         }
       }
       return { error: `method "${m}" is not an HTTP method token (RFC 9110 §5.6.2)` }
+    }
+    if (!KNOWN_METHODS.has(m)) {
+      return { error: `unknown method "${m}" (known: ${[...KNOWN_METHODS].join(', ')}); a typo would make a scope that allows nothing` }
     }
     if (set.has(m)) return { error: `method "${m}" is listed twice` }
     set.add(m)

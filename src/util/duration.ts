@@ -1,23 +1,42 @@
 /**
- * Durations are written as strings (`500ms`, `30s`, `15m`, `2h`, `7d`), never bare numbers:
- * a bare `90` is ambiguous (seconds? minutes?) and YAML 1.1 would read `1:30` as sexagesimal.
+ * Durations are written as strings (`500ms`, `30s`, `15m`, `2h`, `7d`, or combined, largest unit
+ * first: `1h30m`), never bare numbers: a bare `90` is ambiguous (seconds? minutes?) and YAML 1.1
+ * would read `1:30` as sexagesimal.
  */
-const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const
-const DURATION_RE = /^([0-9]{1,9})(ms|s|m|h|d)$/
+const UNIT_MS = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000, ms: 1 } as const
+type Unit = keyof typeof UNIT_MS
+const ORDER: readonly Unit[] = ['d', 'h', 'm', 's', 'ms']
+const PART_RE = /([0-9]{1,9})(ms|s|m|h|d)/g
 
-export const DURATION_PATTERN = '^[0-9]{1,9}(ms|s|m|h|d)$'
+export const DURATION_PATTERN = '^([0-9]{1,9}(ms|s|m|h|d)){1,5}$'
+const DURATION_RE = new RegExp(DURATION_PATTERN)
 
 /** Parses a duration string into milliseconds; undefined when it isn't one. */
 export function parseDuration(text: string): number | undefined {
-  const m = DURATION_RE.exec(text)
-  if (!m) return undefined
-  return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS]
+  if (!DURATION_RE.test(text)) return undefined
+  let ms = 0
+  let last = -1
+  for (const [, n, unit] of text.matchAll(PART_RE)) {
+    // Largest unit first, each at most once: `30m1h` and `1m1m` are typos, not durations.
+    const rank = ORDER.indexOf(unit as Unit)
+    if (rank <= last) return undefined
+    last = rank
+    ms += Number(n) * UNIT_MS[unit as Unit]
+  }
+  return ms
 }
 
-/** Formats milliseconds as the largest exact unit (`3600000` → `1h`). */
+/** Formats milliseconds compactly, largest unit first (`5400000` → `1h30m`). */
 export function formatDuration(ms: number): string {
-  for (const unit of ['d', 'h', 'm', 's'] as const) {
-    if (ms >= UNIT_MS[unit] && ms % UNIT_MS[unit] === 0) return `${ms / UNIT_MS[unit]}${unit}`
+  if (ms === 0) return '0s'
+  let rest = ms
+  let out = ''
+  for (const unit of ORDER) {
+    const n = Math.floor(rest / UNIT_MS[unit])
+    if (n > 0) {
+      out += `${n}${unit}`
+      rest -= n * UNIT_MS[unit]
+    }
   }
-  return `${ms}ms`
+  return out
 }

@@ -1,8 +1,8 @@
 /** The jitgate command as a real process: help, exit codes, clear errors (never a stack trace). */
 import t from 'tap'
-import { mkdtempSync, writeFileSync, statSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync, statSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { tempDir } from '../helpers/tmp.js'
 import { runCli } from '../helpers/process.js'
 import { main } from '../../src/cli/main.js'
 
@@ -14,8 +14,9 @@ async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code:
   return { code, stdout, stderr }
 }
 import { startTestGateway, ADMIN_TOKEN } from '../helpers/gateway.js'
+import { startUpstream } from '../helpers/upstream.js'
 
-const tmp = () => mkdtempSync(join(tmpdir(), 'jitgate-cli-'))
+const tmp = () => tempDir(t, 'cli')
 
 t.test('help for the tool and every command', async (t) => {
   const top = await runCli(['--help'])
@@ -30,6 +31,9 @@ t.test('help for the tool and every command', async (t) => {
   const unknown = await cli(['frobnicate'])
   t.equal(unknown.code, 2)
   t.match(unknown.stderr, 'unknown command "frobnicate"')
+  const group = await cli(['grant', '--help'])
+  t.equal(group.code, 0)
+  t.match(group.stdout, /grant issue.*\n.*grant list.*\n.*grant revoke/)
   const badFlag = await cli(['grant', 'issue', '--nope'])
   t.equal(badFlag.code, 2)
   t.match(badFlag.stderr, /Unknown option '--nope'/)
@@ -69,7 +73,10 @@ t.test('keys generate writes a 0600 private JWK and never overwrites', async (t)
   t.equal(JSON.parse(readFileSync(out, 'utf8')).kid, pub.kid)
   const again = await cli(['keys', 'generate', '--out', out])
   t.equal(again.code, 1)
-  t.match(again.stderr, 'refusing to overwrite')
+  t.equal(again.stderr, `jitgate: ${out} exists (refusing to overwrite)\n`)
+  const nowhere = await cli(['keys', 'generate', '--out', '/nonexistent-dir/k.json'])
+  t.equal(nowhere.code, 1)
+  t.equal(nowhere.stderr, 'jitgate: cannot write /nonexistent-dir/k.json: no such folder\n')
 })
 
 t.test('grant issue / list / revoke against a running gateway', async (t) => {
@@ -91,6 +98,10 @@ t.test('grant issue / list / revoke against a running gateway', async (t) => {
   const rev = await cli(['grant', 'revoke', id, '--reason', 'done'], env)
   t.equal(rev.code, 0)
   t.match((await cli(['grant', 'list'], env)).stdout, 'no active grants')
+  const upstream = await startUpstream(t)
+  const notJitgate = await cli(['grant', 'list'], { ...env, JITGATE_CONTROL_URL: upstream.url })
+  t.equal(notJitgate.code, 1)
+  t.match(notJitgate.stderr, `unexpected response from ${upstream.url}: is this a jitgate control plane?`)
   const down = await cli(['grant', 'list'], { ...env, JITGATE_CONTROL_URL: 'http://127.0.0.1:9' })
   t.equal(down.code, 1)
   t.match(down.stderr, 'cannot reach the control plane at http://127.0.0.1:9')

@@ -35,12 +35,12 @@ t.test('every problem is reported at once, with line, column and path', async (t
     'extra: true', //               9
   ].join('\n')
   t.same(issuesOf(() => loadConfig({ text, env: {} })), [
-    '9:1 extra: unknown key',
-    '4:3 data_plane.bogus: unknown key',
     '2:3 data_plane.listen: expected host:port, e.g. 0.0.0.0:8080 or [::1]:8081',
     '3:3 data_plane.upstream_timeout: expected a duration such as 250ms, 30s, 15m, 2h or 7d',
+    '4:3 data_plane.bogus: unknown key',
     '6:3 store.timeout: expected a duration such as 250ms, 30s, 15m, 2h or 7d',
     '8:3 log.level: expected one of "fatal", "error", "warn", "info", "debug", "trace", "silent"',
+    '9:1 extra: unknown key',
   ])
 })
 

@@ -44,7 +44,7 @@ t.test('issuing: every validation problem is reported, coded', async (t) => {
     'extra: unknown field',
     'subject: expected a sub-processor id (lowercase letters, digits, ".", "_", "-")',
     'scopes: expected 1 to 64 scope strings such as "GET /crm/customers/**"',
-    'ttl: expected a duration such as "15m" or "2h", or a number of seconds',
+    'ttl: expected a duration such as "15m", "2h" or "1h30m", or a number of seconds',
   ])
   t.match(await post(url, '{not json'), { status: 400, json: { error: { code: 'invalid_request', details: ['body: not valid JSON'] } } })
   t.match(await post(url, '[]'), { status: 400, json: { error: { details: ['body: expected a JSON object'] } } })

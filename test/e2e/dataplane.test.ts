@@ -78,6 +78,7 @@ async function waitFor(cond: () => boolean, ms = 2000): Promise<void> {
 t.test('an in-scope call is forwarded with credentials injected and the token stripped', async (t) => {
   const { upstream, g } = await setup(t)
   const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/**'], ttl: '10m', reason: 'ticket 42' })
+  await sleep(20)
   // node:http sends the Connection header as given (undici's client would refuse it).
   const res = await rawCall(g.dataUrl, '/crm/customers/7?x=1', {
     token: grant.token,
@@ -130,6 +131,10 @@ t.test('an in-scope call is forwarded with credentials injected and the token st
   })
   t.type(ev.duration_ms, 'number')
   const issued = lastAudit(g, 'grant.issued')!
+  // Each event is stamped when it happens (a cached timestamp once stamped every line alike).
+  t.ok(Date.parse(ev.time as string) > Date.parse(issued.time as string), 'audit times advance')
+  t.ok(Math.abs(Date.parse(ev.time as string) - Date.now()) < 10_000, 'audit time is now')
+  t.equal(res.headers['x-request-id'], seen.headers['x-request-id'], 'the client gets the request id too')
   t.match(issued, { actor: 'operator', subject: 'acme', grant_id: grant.id, resource: 'crm-api', reason: 'ticket 42' })
   t.notOk(g.auditText().includes(grant.token), 'no token in the audit trail')
   t.notOk(g.auditText().includes(SECRET) || g.auditText().includes(API_KEY), 'no injected secret in the audit trail')
@@ -169,7 +174,8 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
     t.equal(res.json?.error?.code, c.code, `${c.name}: body code`)
     t.type(res.json?.error?.request_id, 'string', `${c.name}: request id`)
     t.equal(res.headers['x-request-id'], res.json?.error?.request_id)
-    if (info.bearerError) t.match(res.headers['www-authenticate'], `error="${info.bearerError}"`, `${c.name}: RFC 6750 challenge`)
+    if (info.bearerError === 'none') t.equal(res.headers['www-authenticate'], 'Bearer realm="jitgate"', `${c.name}: bare challenge (RFC 6750 §3.1)`)
+    else if (info.bearerError) t.match(res.headers['www-authenticate'], `error="${info.bearerError}"`, `${c.name}: RFC 6750 challenge`)
     else t.equal(res.headers['www-authenticate'], undefined)
     const ev = lastAudit(g, 'access.denied')!
     t.match(ev, { code: c.code, status: info.status, request_id: res.json?.error?.request_id }, `${c.name}: audit`)

@@ -4,9 +4,9 @@
  * Redis stopped or frozen mid-test fails closed fast and recovers; SIGTERM drains and flushes.
  */
 import t from 'tap'
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { tempDir } from '../helpers/tmp.js'
 import WebSocket from 'ws'
 import { request } from 'undici'
 import { startRedis } from '../helpers/redis-server.js'
@@ -45,7 +45,7 @@ function auditOf(gw: GatewayProcess): Record<string, unknown>[] {
 t.test('two gateway processes on one Redis', async (t) => {
   const redis = await startRedis(t)
   const upstream = await startUpstream(t)
-  const dir = mkdtempSync(join(tmpdir(), 'jitgate-replicas-'))
+  const dir = tempDir(t, 'replicas')
   mkdirSync(join(dir, 'policies'))
   writeFileSync(
     join(dir, 'policies', 'p.yaml'),

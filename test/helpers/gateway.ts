@@ -3,9 +3,9 @@
  * the audit trail captured as parsed JSON lines from its real pino output, the operational log
  * silenced. Grants are issued through the real control-plane API.
  */
-import { mkdtempSync, writeFileSync, mkdirSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
+import { tempDir } from './tmp.js'
 import { PassThrough } from 'node:stream'
 import { pino } from 'pino'
 import { request } from 'undici'
@@ -54,7 +54,7 @@ export interface TestGatewayOptions {
 export const ADMIN_TOKEN = 'test-admin-token-0123456789'
 
 export async function startTestGateway(t: { teardown(fn: () => unknown): void }, opts: TestGatewayOptions): Promise<TestGateway> {
-  const root = mkdtempSync(join(tmpdir(), 'jitgate-gw-'))
+  const root = tempDir(t, 'gw')
   const policyDir = join(root, 'policies')
   mkdirSync(policyDir)
   writeFileSync(join(policyDir, 'test.yaml'), opts.policy.replaceAll('UPSTREAM', opts.upstream ?? 'http://127.0.0.1:9'))

@@ -41,8 +41,13 @@ t.test('every problem at once, with file, line, column and path', async (t) => {
     'a.yaml:4:14 resources[0].match.path_prefix: expected a path starting with /',
     'a.yaml:5:5 resources[0].max_ttl: expected a duration such as 30s, 15m, 2h or 7d',
     'a.yaml:6:5 resources[0].websocket: expected boolean',
-    'a.yaml:11:5 resources[1].extra: unknown key',
     'a.yaml:7:5 resources[1].id: expected an id: lowercase letters, digits, ".", "_", "-" (at most 63, starting with a letter or digit)',
+    'a.yaml:11:5 resources[1].extra: unknown key',
+  ])
+  // A misspelt key: the real key is reported missing (once, at its object), the typo unknown.
+  t.same(errors({ 'm.yaml': 'resources:\n  - id: c\n    upstream: http://h\n    match: { path_prefix: /c }\n    max_tll: 8h\n' }), [
+    'm.yaml:2:5 resources[0].max_ttl: missing required key "max_ttl"',
+    'm.yaml:5:5 resources[0].max_tll: unknown key',
   ])
 })
 
