@@ -10,6 +10,7 @@
 
 import { randomFillSync } from 'node:crypto'
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
@@ -33,9 +34,9 @@ export interface ForwardTarget {
  * Why forwarding failed: `upstream_unavailable` (connection refused or reset, protocol error,
  * upgrade refused: 502) or `upstream_timeout` (no response headers within `timeoutMs`, or the
  * upstream stalled mid-body: 504). A client that goes away first is reported as
- * `upstream_unavailable` with `responseStarted: true` and the detail `client closed the connection`.
+ * `client_aborted` (audited with nginx's 499) with `responseStarted: true`: the upstream is not to blame.
  */
-export type ForwardFailureCode = 'upstream_unavailable' | 'upstream_timeout'
+export type ForwardFailureCode = 'upstream_unavailable' | 'upstream_timeout' | 'client_aborted'
 
 export interface ForwardFailure {
   readonly ok: false
@@ -47,7 +48,9 @@ export interface ForwardFailure {
   /**
    * False: nothing has been written, the caller writes the error response. True: the caller must
    * not write, because the response had started (the client response has been destroyed, so the
-   * client sees a broken response) or the client has gone away.
+   * client sees a broken response) or the client connection is gone: the client left, or the
+   * failure came while the request body was still streaming, which ends the client connection
+   * (its unread rest makes it unusable).
    */
   readonly responseStarted: boolean
 }
@@ -229,14 +232,18 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   private readonly timer: NodeJS.Timeout
   private status = 0
   private settled = false
+  private abandoned = false
+  /** Kept: Node clears `req.socket` once the request is destroyed. */
+  private readonly clientSocket: Socket
 
   constructor(
-    private readonly req: IncomingMessage,
+    req: IncomingMessage,
     private readonly res: ServerResponse,
     timeoutMs: number,
     private readonly started: number,
     private readonly resolve: (outcome: ForwardOutcome) => void,
   ) {
+    this.clientSocket = req.socket
     this.timer = setTimeout(this.onTimeout, timeoutMs)
     res.once('close', this.onClientClose)
   }
@@ -244,7 +251,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   onRequestStart(controller: Dispatcher.DispatchController): void {
     // Called once the request is about to be written on a connection. A request given up while it
     // waited for one (timeout, client gone) can only be cancelled from here.
-    if (this.settled) controller.abort(new Error('request abandoned before it was sent'))
+    if (this.abandoned) controller.abort(new Error('request abandoned before it was sent'))
     else this.controller = controller
   }
 
@@ -277,25 +284,32 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    if (this.settled) return
-    const responseStarted = this.res.headersSent
-    if (this.req.socket.destroyed) {
-      // An aborted upload reaches undici as a body error: say which side went away.
-      this.settle(failure('upstream_unavailable', this.started, CLIENT_GONE, true))
-      return
-    }
-    this.settle(failure(failureCode(err), this.started, describe(err), responseStarted))
-    if (responseStarted) this.res.destroy()
+    if (this.settled || this.abandoned) return
+    // undici destroys a request body it is still sending, and Node the client connection with
+    // it: then no error response can follow either.
+    this.settle(failure(failureCode(err), this.started, describe(err), this.res.headersSent || this.clientSocket.destroyed))
+    if (this.res.headersSent) this.res.destroy()
   }
 
   private readonly onTimeout = (): void => {
-    this.settle(failure('upstream_timeout', this.started, 'no response headers in time', false))
-    this.controller?.abort(new Error('upstream response headers timed out'))
+    this.abandon('upstream_timeout', 'no response headers in time')
   }
 
   private readonly onClientClose = (): void => {
-    this.settle(failure('upstream_unavailable', this.started, CLIENT_GONE, true))
-    this.controller?.abort(new Error(CLIENT_GONE))
+    this.abandon('client_aborted', CLIENT_GONE)
+  }
+
+  /**
+   * Gives up on the upstream request. A request still queued is cancelled once undici starts it
+   * ({@link onRequestStart}); a running one is aborted now, which reports back through
+   * `onResponseError` synchronously and may take the client connection down (see there), so the
+   * outcome is settled here, after the abort.
+   */
+  private abandon(code: ForwardFailureCode, detail: string): void {
+    if (this.settled) return
+    this.abandoned = true
+    this.controller?.abort(new Error(detail))
+    this.settle(failure(code, this.started, detail, this.res.headersSent || this.clientSocket.destroyed))
   }
 
   private readonly onDrain = (): void => {
@@ -402,7 +416,7 @@ class UpgradeExchange {
   }
 
   private readonly onClientClose = (): void => {
-    this.settle(failure('upstream_unavailable', this.started, CLIENT_GONE, true))
+    this.settle(failure('client_aborted', this.started, CLIENT_GONE, true))
     this.proxyReq?.destroy()
   }
 
@@ -502,8 +516,7 @@ class TunnelDirection {
       this.state = 'draining'
       this.frame = frame
     }
-    // Keep reading (forwarding the rest of the frame in flight, then discarding) so the peer's
-    // close handshake and FIN are seen.
+    // Keep reading: the rest of the frame in flight, or (done) what the peer still sends.
     this.src.resume()
   }
 
@@ -512,14 +525,25 @@ class TunnelDirection {
       this.cursor.advance(chunk, false)
     } else if (this.state === 'draining' && this.frame !== undefined) {
       const used = this.cursor.advance(chunk, true)
-      this.dst.write(used === chunk.length ? chunk : chunk.subarray(0, used))
+      const flushed = this.dst.write(used === chunk.length ? chunk : chunk.subarray(0, used))
       if (this.cursor.atBoundary) this.finish(this.frame)
+      else if (!flushed) {
+        // The pipe's backpressure, kept for the rest of a large frame.
+        this.src.pause()
+        this.dst.once('drain', this.resumeSource)
+      }
     }
+  }
+
+  private readonly resumeSource = (): void => {
+    this.src.resume()
   }
 
   private finish(frame: Buffer): void {
     this.state = 'done'
     this.dst.end(frame)
+    // After the close frame, what the peer still sends is read and dropped, so its FIN is seen.
+    this.src.resume()
   }
 }
 

@@ -124,9 +124,9 @@ export function buildUpstreamHeaders(req: IncomingMessage, ctx: UpstreamHeaderCo
 export type ParsedHeaders = Readonly<Record<string, string | string[] | undefined>>
 
 /**
- * Builds the response headers sent to the client from the upstream's: hop-by-hop headers and those the upstream's `Connection`
- * header names are dropped, so Node frames the client's response itself; every `set-cookie` line is
- * kept as its own array entry.
+ * Builds the response headers sent to the client from the upstream's: hop-by-hop headers and the
+ * ones the upstream's `Connection` header names are dropped (Node frames the client's response
+ * itself); every `set-cookie` line stays its own array entry.
  */
 export function buildDownstreamHeaders(upstream: ParsedHeaders): OutgoingHttpHeaders {
   const declaredHopByHop = connectionOptions(upstream.connection, isHopByHop)
