@@ -18,12 +18,18 @@ import { createRedisGrantStore } from './grants/redis-store.js'
 import { createDecider } from './decision/decide.js'
 import { createForwarder } from './forward/forwarder.js'
 import { createAuditLog, type AuditLog } from './audit/audit-log.js'
+import { AUDIT_SCHEMA_VERSION } from './audit/catalogue.js'
+import { createCheckpointSigner } from './audit/chain.js'
 import { createMetrics } from './metrics/metrics.js'
 import { createDataPlane } from './dataplane/server.js'
 import { ConnectionRegistry } from './dataplane/connections.js'
 import { createControlPlane } from './control/server.js'
 import { createGrantService } from './control/grant-service.js'
+import { startWorkflow } from './workflow/runtime.js'
 import { formatListen, isLoopback } from './util/listen.js'
+import { createLivePolicy, type LivePolicy } from './reload/live-policy.js'
+import { createLocalNoticeBus, createRedisNoticeBus } from './reload/notices.js'
+import type { ReloadResult } from './policy/reloader.js'
 
 export interface GatewayOptions {
   readonly config: GatewayConfig
@@ -42,6 +48,11 @@ export interface RunningGateway {
   readonly audit: AuditLog
   readonly policy: () => Policy
   readonly keys: KeyRing
+  /**
+   * Re-reads the policy folder now (SIGHUP): a valid policy is swapped in atomically and announced
+   * to the other replicas; an invalid one is rejected and the one in force stays.
+   */
+  reloadPolicy(): ReloadResult
   /** Stops accepting, drains in-flight requests (bounded), closes WebSockets, flushes audit. */
   stop(): Promise<void>
 }
@@ -69,9 +80,11 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     )
   }
 
-  const policy = loadPolicy(config.policyDir, { env: opts.env ?? process.env })
-  let currentPolicy = policy
-  const getPolicy = () => currentPolicy
+  const env = opts.env ?? process.env
+  const policy = loadPolicy(config.policyDir, { env })
+  // Assigned once the audit log and metrics it reports to exist; read only after that.
+  let live: LivePolicy
+  const getPolicy = (): Policy => live.current()
 
   const keys = await loadKeyRing(
     { signingKey: config.tokens.signingKey, verificationKeyFiles: config.tokens.verificationKeyFiles, dataDir: config.dataDir },
@@ -96,12 +109,39 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         })
       : createMemoryGrantStore({ timeoutMs: config.store.timeoutMs, minTombstoneMs: config.store.tombstoneMs })
 
-  const audit = createAuditLog({
-    output: opts.auditStream ?? config.audit.output,
-    gatewayId: config.gatewayId,
-    policyVersion: () => currentPolicy.version,
-  })
   const metrics = createMetrics({ activeGrants: () => store.count() })
+  const configuredSinks = config.audit.sinks
+  const audit = createAuditLog({
+    // A test's stream replaces the simple output, or joins the configured sinks.
+    ...(configuredSinks
+      ? { sinks: [...configuredSinks, ...(opts.auditStream ? [{ type: 'stream' as const, stream: opts.auditStream }] : [])] }
+      : { output: opts.auditStream ?? config.audit.output }),
+    gatewayId: config.gatewayId,
+    policyVersion: () => getPolicy().version,
+    // The token key signs checkpoints too (domain-separated, see audit/chain.ts): verifiers
+    // already trust it through /.well-known/jwks.json, rotation included.
+    checkpoints: { signer: createCheckpointSigner(keys.signing), ...config.audit.checkpoint },
+    onError: rateLimited((err: Error, sink: string) => log.error({ err: err.message, sink }, 'audit sink error'), 5000),
+    onDrop: (sink, count) => metrics.auditDropped.inc({ sink }, count),
+  })
+  live = createLivePolicy({
+    initial: policy,
+    load: () => loadPolicy(config.policyDir, { env }),
+    watchDir: config.policyWatch ? config.policyDir : undefined,
+    gatewayId: config.gatewayId,
+    bus:
+      config.store.kind === 'redis'
+        ? createRedisNoticeBus({
+            url: config.store.url,
+            keyPrefix: config.store.keyPrefix,
+            timeoutMs: Math.max(config.store.timeoutMs, 1000),
+            onError: rateLimited((err: Error) => log.warn({ err: err.message }, 'policy notice channel error'), 5000),
+          })
+        : createLocalNoticeBus(),
+    audit,
+    metrics,
+    log,
+  })
   const connections = new ConnectionRegistry()
   const forwarder = createForwarder({ connectTimeoutMs: config.dataPlane.connectTimeoutMs })
 
@@ -112,10 +152,13 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     onStoreError: (operation) => metrics.storeErrors.inc({ operation }),
   })
   const grants = createGrantService({ store, policy: getPolicy, tokens: () => issuer, audit, metrics })
+  const workflow = startWorkflow({ config, grantStore: store, grants, policy: getPolicy, tokens: () => issuer, audit, metrics, log })
 
-  // Revocations from any replica close this replica's open WebSockets of that grant.
+  // Revocations from any replica close this replica's open WebSockets of that grant; extensions
+  // move their cut-off.
   const unsubscribe = store.subscribe((event) => {
     if (event.type === 'revoked') connections.closeGrant(event.revocation.id, 'grant_revoked', 'grant revoked')
+    else if (event.type === 'extended') connections.extendGrant(event.grant.id, event.grant.expiresAt)
   })
 
   let draining = false
@@ -140,22 +183,28 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     adminToken: config.controlPlane.adminToken,
     gatewayId: config.gatewayId,
     isDraining: () => draining,
+    policyMismatch: () => live.mismatch(),
+    requestsApi: workflow.api,
   })
 
   try {
+    // A sink that cannot open (its spool folder, say) stops the start rather than lose events.
+    await audit.opened.catch((err: Error) => {
+      throw new Error(`the audit trail cannot open: ${err.message}`)
+    })
     await listen(dataPlane.server, config.dataPlane.listen.host, config.dataPlane.listen.port)
     await listen(control, config.controlPlane.listen.host, config.controlPlane.listen.port)
   } catch (err) {
     dataPlane.server.close()
     control.close()
     unsubscribe()
-    await Promise.allSettled([store.close(), forwarder.close()])
-    throw new StartupError(`cannot listen: ${(err as Error).message}`)
+    await Promise.allSettled([workflow.stop(), store.close(), forwarder.close(), live.close(), audit.close()])
+    throw new StartupError(`cannot start: ${(err as Error).message}`)
   }
   const dataUrl = urlOf(dataPlane.server)
   const controlUrl = urlOf(control)
   audit.emit('policy.loaded', { policy_files: policy.files.map((f) => f.split('/').pop() as string) })
-  audit.emit('gateway.started', { store: store.kind, listen: { data: dataUrl, control: controlUrl } })
+  audit.emit('gateway.started', { store: store.kind, listen: { data: dataUrl, control: controlUrl }, schema_version: AUDIT_SCHEMA_VERSION })
   log.info({ data: dataUrl, control: controlUrl, store: store.kind, policy_version: policy.version, resources: [...policy.resources.keys()] }, 'jitgate listening')
 
   let stopping: Promise<void> | undefined
@@ -166,6 +215,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     audit,
     policy: getPolicy,
     keys,
+    reloadPolicy: () => live.reload('signal'),
     stop() {
       stopping ??= (async () => {
         draining = true
@@ -181,7 +231,9 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         await dataPlane.settled(1000)
         await closed
         unsubscribe()
-        await Promise.allSettled([forwarder.close(), store.close()])
+        // The workflow first: its last notifications and sweeps still use the grant store.
+        await workflow.stop().catch((err: unknown) => log.warn({ err }, 'workflow stop failed'))
+        await Promise.allSettled([forwarder.close(), store.close(), live.close()])
         audit.emit('gateway.stopped', {})
         await audit.close()
       })()

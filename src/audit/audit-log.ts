@@ -1,125 +1,176 @@
 /**
- * The audit trail: one JSON line per decision and per state change, for the SIEM.
- * Written through pino to stdout (default) or a file. Events never carry a token, key, cookie or
- * injected secret: callers pass only the documented fields below, and values from clients are
- * bounded in length.
+ * The audit trail: one JSON line per decision and per state change, for the SIEM. The event
+ * types and their fields are defined in `catalogue.ts` and documented in `docs/audit.md`.
+ *
+ * `emit` runs on the hot path of every request: it builds the record, bounds and escapes it into
+ * one line, links it into the instance's hash chain (`chain.ts`: one SHA-256 per line) and hands
+ * the line to each sink, which only queues it. Events never carry a token, key, cookie or injected
+ * secret: callers pass only catalogue fields.
  */
-import { pino, destination as pinoDestination, type Logger } from 'pino'
 import type { Writable } from 'node:stream'
+import { AUDIT_SCHEMA_VERSION, type AuditEventName, type AuditFields } from './catalogue.js'
+import { copyBounded, toLine } from './line.js'
+import { checkpointStatement, genesisHash, lineHash, newChainId, type CheckpointSigner } from './chain.js'
+import type { SinkReporter } from './sinks/types.js'
+import { openSink, sinkNames, type AuditOutput, type SinkConfig } from './sinks/index.js'
+import { formatEvent, type AuditFormat } from './formats/index.js'
 
-/** Event names are a public contract (DESIGN.md). */
-export type AuditEventName =
-  | 'access.allowed'
-  | 'access.denied'
-  | 'grant.issued'
-  | 'grant.revoked'
-  | 'grant.expired'
-  | 'connection.closed'
-  | 'policy.loaded'
-  | 'policy.rejected'
-  | 'gateway.started'
-  | 'gateway.stopped'
-  | 'admin.denied'
-
-export interface AuditFields {
-  readonly request_id?: string
-  readonly subject?: string
-  readonly grant_id?: string
-  readonly resource?: string
-  readonly method?: string
-  readonly path?: string
-  readonly status?: number
-  readonly code?: string
-  readonly client_ip?: string
-  readonly duration_ms?: number
-  readonly upstream_ms?: number
-  readonly actor?: string
-  readonly reason?: string
-  readonly scopes?: readonly string[]
-  readonly expires_at?: string
-  readonly starts_at?: string
-  readonly detail?: string
-  readonly store?: string
-  readonly listen?: Readonly<Record<string, string>>
-  readonly policy_files?: readonly string[]
-  readonly protocol?: 'http' | 'websocket'
-}
+export type { AuditEventName, AuditFields } from './catalogue.js'
+export { bounded, MAX_FIELD_LENGTH } from './line.js'
 
 export interface AuditLog {
+  /** This instance's chain id. */
+  readonly chain: string
+  /** Resolves once every sink is open; rejects when one cannot be (the gateway then refuses to start). */
+  readonly opened: Promise<void>
+  /** Writes one event. Never throws, never waits. */
   emit(event: AuditEventName, fields: AuditFields): void
-  /** Writes out everything buffered (SIGTERM, tests). */
+  /** Resolves once every event emitted so far reached each sink's destination (SIGTERM, tests). */
   flush(): Promise<void>
+  /** Writes the final checkpoint, flushes and closes the sinks; later events are dropped. */
   close(): Promise<void>
 }
 
+export interface CheckpointOptions {
+  readonly signer: CheckpointSigner
+  /** A checkpoint after this many events (default 1000). */
+  readonly everyEvents?: number
+  /** …or after this long with events pending (default 60 s). */
+  readonly intervalMs?: number
+}
+
 export interface AuditLogOptions {
-  /** `stdout`, a file path, or a stream (tests read the real JSON lines from it). */
-  readonly output: 'stdout' | { readonly file: string } | Writable
+  /** The simple form of `sinks`: one native JSON sink to stdout, a file, or a stream (tests). */
+  readonly output?: 'stdout' | { readonly file: string } | Writable
+  /** Where events go, each sink in its own format. */
+  readonly sinks?: readonly SinkConfig[]
   readonly gatewayId: string
   /** Current policy version, stamped on every event. */
   readonly policyVersion: () => string | undefined
+  /** Signed checkpoints; without it the chain is written unsigned (tests of other parts). */
+  readonly checkpoints?: CheckpointOptions
+  /** Clock (tests); default `Date.now`. */
+  readonly now?: () => number
+  /** Told about sink faults (the operational log). */
+  readonly onError?: (err: Error, sink: string) => void
+  /** Told about every line a sink dropped (the `jitgate_audit_dropped_total` metric). */
+  readonly onDrop?: (sink: string, count: number) => void
 }
 
-/** Longest client-controlled string kept in an event; longer ones are cut and marked. */
-export const MAX_FIELD_LENGTH = 2048
-const TRUNCATION_MARK = '…[truncated]'
+export const DEFAULT_CHECKPOINT_EVERY = 1000
+export const DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000
+/** Drops are reported in an `audit.dropped` event at most this often per sink. */
+export const DROP_REPORT_MS = 1000
 
+/** Creates the audit log, opens its output and starts its chain. */
 export function createAuditLog(opts: AuditLogOptions): AuditLog {
-  const isStream = typeof opts.output === 'object' && !('file' in opts.output)
-  const dest = isStream
-    ? (opts.output as Writable)
-    : pinoDestination({
-        dest: opts.output === 'stdout' ? 1 : (opts.output as { file: string }).file,
-        sync: false,
-        mkdir: true,
-        minLength: 0,
-      })
-  const logger: Logger = pino(
-    {
-      // Audit events carry `time` (RFC 3339, ms) first and `event`, not a log level: the SIEM
-      // routes on the event name. pino caches the level formatter's output once per level, so the
-      // level slot is emptied and the time comes from the timestamp hook, which runs per line;
-      // with no level before it, it takes no leading comma.
-      base: null,
-      timestamp: () => `"time":"${new Date().toISOString()}"`,
-      messageKey: 'message',
-      formatters: { level: () => ({}) },
+  const now = opts.now ?? Date.now
+  // Drops are counted at once (metric) and reported in the trail itself, batched per sink.
+  const unreported = new Map<string, number>()
+  let reportTimer: NodeJS.Timeout | undefined
+  const reporter = (sink: string): SinkReporter => ({
+    onDrop: (count) => {
+      if (count <= 0) return
+      opts.onDrop?.(sink, count)
+      unreported.set(sink, (unreported.get(sink) ?? 0) + count)
+      if (reportTimer === undefined && !closed) {
+        reportTimer = setTimeout(reportDrops, DROP_REPORT_MS)
+        reportTimer.unref()
+      }
     },
-    dest as Parameters<typeof pino>[1],
-  )
+    onError: (err) => opts.onError?.(err, sink),
+  })
+  function reportDrops(): void {
+    clearTimeout(reportTimer)
+    reportTimer = undefined
+    for (const [sink, dropped] of unreported) {
+      unreported.delete(sink)
+      emitNow('audit.dropped', { sink, dropped })
+    }
+  }
+  const configs = opts.sinks ?? [simpleSink(opts.output ?? 'stdout')]
+  const names = sinkNames(configs)
+  const outputs: AuditOutput[] = configs.map((c, i) => openSink(c, names[i] as string, reporter(names[i] as string)))
+  const sinks = outputs.map((o) => o.sink)
+  const formats = [...new Set(outputs.map((o) => o.format))]
+  const opened = Promise.all(outputs.map((o) => o.opened)).then(() => {})
+  opened.catch(() => {})
+  const chain = newChainId()
+  let seq = 0
+  let prevHash = genesisHash(chain)
+  let sinceCheckpoint = 0
+  let closed = false
+
+  function write(event: AuditEventName, fields: AuditFields, time: string): void {
+    const record: Record<string, unknown> = { time, event }
+    copyBounded(fields, record)
+    record.policy_version = opts.policyVersion()
+    record.gateway_id = opts.gatewayId
+    record.chain = chain
+    record.seq = ++seq
+    record.prev_hash = prevHash
+    const line = toLine(record)
+    prevHash = lineHash(line)
+    if (formats.length === 1 && formats[0] === 'json') {
+      for (const sink of sinks) sink.write(line, record)
+      return
+    }
+    // Each format is rendered once per event, whatever the number of sinks using it.
+    const rendered = new Map<AuditFormat, string>()
+    for (const f of formats) rendered.set(f, formatEvent(f, record, line))
+    for (const o of outputs) o.sink.write(rendered.get(o.format) as string, record)
+  }
+
+  function emitNow(event: AuditEventName, fields: AuditFields): void {
+    write(event, fields, new Date(now()).toISOString())
+    if (++sinceCheckpoint >= every) checkpoint(false)
+  }
+
+  const cp = opts.checkpoints
+  const every = cp?.everyEvents ?? DEFAULT_CHECKPOINT_EVERY
+  function checkpoint(final: boolean): void {
+    if (!cp) return
+    const time = new Date(now()).toISOString()
+    // The statement covers this checkpoint's own seq and prev_hash: those `write` is about to use.
+    const claims = { chain, seq: seq + 1, prev_hash: prevHash, time, gateway_id: opts.gatewayId, final }
+    const signature = cp.signer.sign(checkpointStatement(claims))
+    write('audit.checkpoint', { kid: cp.signer.kid, signature, final, schema_version: AUDIT_SCHEMA_VERSION }, time)
+    sinceCheckpoint = 0
+  }
+  const timer = cp
+    ? setInterval(() => {
+        if (sinceCheckpoint > 0 && !closed) checkpoint(false)
+      }, cp.intervalMs ?? DEFAULT_CHECKPOINT_INTERVAL_MS)
+    : undefined
+  timer?.unref()
+
   return {
+    chain,
+    opened,
     emit(event, fields) {
-      const path = fields.path
-      const record =
-        path !== undefined && path.length > MAX_FIELD_LENGTH
-          ? { ...fields, path: path.slice(0, MAX_FIELD_LENGTH) + TRUNCATION_MARK }
-          : fields
-      logger.info({
-        event,
-        ...record,
-        policy_version: opts.policyVersion(),
-        gateway_id: opts.gatewayId,
-      })
+      // After close the trail is sealed: a late event can only be counted.
+      if (closed) {
+        for (const name of names) opts.onDrop?.(name, 1)
+        return
+      }
+      emitNow(event, fields)
     },
-    flush() {
-      return new Promise((resolve) => {
-        if (isStream) return resolve()
-        try {
-          ;(dest as ReturnType<typeof pinoDestination>).flushSync()
-        } catch {
-          // flushSync throws while the destination is still opening; the async flush below covers it.
-        }
-        logger.flush(() => resolve())
-      })
+    async flush() {
+      await Promise.all(sinks.map((s) => s.flush()))
     },
     async close() {
-      await this.flush()
-      if (!isStream) (dest as ReturnType<typeof pinoDestination>).end()
+      if (closed) return
+      reportDrops()
+      checkpoint(true)
+      closed = true
+      clearInterval(timer)
+      await Promise.all(sinks.map((s) => s.close()))
     },
   }
 }
 
-/** Truncates a client-controlled string for an audit field. */
-export function bounded(value: string): string {
-  return value.length > MAX_FIELD_LENGTH ? value.slice(0, MAX_FIELD_LENGTH) + TRUNCATION_MARK : value
+function simpleSink(output: NonNullable<AuditLogOptions['output']>): SinkConfig {
+  if (output === 'stdout') return { type: 'stdout' }
+  if ('file' in output) return { type: 'file', path: output.file }
+  return { type: 'stream', stream: output }
 }

@@ -1,5 +1,6 @@
 /**
- * The `jitgate` command line: `serve`, `grant issue|list|revoke`, `keys generate`, `policy check`.
+ * The `jitgate` command line: `serve`, `grant issue|list|revoke`, `keys generate`, `policy check`,
+ * `audit verify`, and the workflow's `request …`, `approvals …` and `grant extend` (workflow.ts).
  * Errors are one clear message and a non-zero exit code, never a stack trace.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
@@ -9,6 +10,8 @@ import { loadConfig, DEFAULT_CONFIG_FILE } from '../config/config.js'
 import { loadPolicy } from '../policy/policy.js'
 import { generateSigningKey, KeyError } from '../authn/keys.js'
 import { formatDuration } from '../util/duration.js'
+import { workflowCommands } from './workflow.js'
+import { policyCommands } from './policy.js'
 
 const VERSION = '0.1.0'
 
@@ -74,6 +77,8 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
       }
       process.on('SIGTERM', () => onSignal('SIGTERM'))
       process.on('SIGINT', () => onSignal('SIGINT'))
+      // The reload reports its own outcome (log, metric, audit event).
+      process.on('SIGHUP', () => void gw.reloadPolicy())
       return new Promise<number>(() => {})
     },
   },
@@ -154,6 +159,22 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
       return 0
     },
   },
+  'audit verify': {
+    summary: 'Verify audit files (hash chains, signed checkpoints); exit 1 with each problem and where.',
+    usage: `jitgate audit verify FILE... (--jwks FILE|URL | --skip-signatures) [--partial] [--json]
+
+  FILE...            native JSON audit files, oldest first (rotated files, then the current one)
+  --jwks FILE|URL    public keys: a JWKS file, or the control plane's /.well-known/jwks.json
+  --skip-signatures  check the hash chains only (anyone can recompute those)
+  --partial          accept chains that start after seq 1 or lack their final checkpoint
+                     (older files not given; a running or crashed gateway)
+  --json             print the report as JSON`,
+    options: { jwks: { type: 'string' }, 'skip-signatures': { type: 'boolean' }, partial: { type: 'boolean' }, json: { type: 'boolean' } },
+    async run(v, files, io) {
+      const { auditVerify } = await import('../audit/cli.js')
+      return auditVerify(v, files, { out: io.out, usage: (m) => new UsageError(m), fail: (m) => new CliError(m) })
+    },
+  },
   'policy check': {
     summary: 'Validate policy files; exit 1 with every problem listed.',
     usage: `jitgate policy check [--dir DIR]
@@ -161,22 +182,31 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
   --dir DIR   policy folder (default: the configured one, ./policies)`,
     options: { dir: { type: 'string' }, config: { type: 'string', short: 'c' } },
     async run(v, _positionals, io) {
-      const dir = (v.dir as string | undefined) ?? loadConfig({ env: io.env, ...(v.config ? { file: v.config as string } : {}) }).policyDir
-      const policy = loadPolicy(dir, { env: io.env })
-      io.out(`policy OK: version ${policy.version}, ${policy.resources.size} resource(s) in ${policy.files.length} file(s)\n`)
+      const policy = loadPolicy(policyDir(io, v), { env: io.env })
+      io.out(
+        `policy OK: version ${policy.version}, ${policy.resources.size} resource(s), ${policy.principals.subprocessors.size} sub-processor(s) in ${policy.files.length} file(s)\n`,
+      )
       return 0
     },
   },
+  ...policyCommands({ api: (io, v, method, path) => api(io, v, method, path), policyDir, usage: (m) => new UsageError(m), fail: (m) => new CliError(m) }),
+  ...workflowCommands({ api, usage: (m) => new UsageError(m), fail: (m) => new CliError(m) }),
+}
+
+/** `--dir`, or the policy folder of the configuration (`--config`, environment). */
+function policyDir(io: CliIO, v: Record<string, unknown>): string {
+  return (v.dir as string | undefined) ?? loadConfig({ env: io.env, ...(v.config ? { file: v.config as string } : {}) }).policyDir
 }
 
 function print(io: CliIO, value: unknown): void {
   io.out(`${JSON.stringify(value, null, 2)}\n`)
 }
 
-async function api(io: CliIO, v: Record<string, unknown>, method: string, path: string, body?: unknown): Promise<unknown> {
+/** Calls the control plane as an operator, or with the credential headers `auth` (workflow commands). */
+async function api(io: CliIO, v: Record<string, unknown>, method: string, path: string, body?: unknown, auth?: Record<string, string>): Promise<unknown> {
   const base = controlBase(io, v)
-  const headers: Record<string, string> = {}
-  if (io.env.JITGATE_ADMIN_TOKEN) headers.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
+  const headers: Record<string, string> = { ...auth }
+  if (auth === undefined && io.env.JITGATE_ADMIN_TOKEN) headers.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
   if (io.env.USER) headers['x-jitgate-actor'] = io.env.USER.replace(/[^A-Za-z0-9@._-]/g, '').slice(0, 64)
   if (body !== undefined) headers['content-type'] = 'application/json'
   let res: Response
@@ -214,7 +244,7 @@ function controlBase(io: CliIO, v: Record<string, unknown>): string {
 }
 
 function help(): string {
-  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(14)} ${c.summary}`)
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(20)} ${c.summary}`)
   return `jitgate ${VERSION}: just-in-time, time-boxed access for sub-processors
 
 Usage: jitgate <command> [options]   (jitgate <command> --help for details)
@@ -237,7 +267,7 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
   if (!cmd && group.length > 0) {
     // `jitgate grant`, `jitgate grant --help`: list the group's commands.
     const asked = argv[1] === undefined || argv[1] === '--help' || argv[1] === '-h'
-    ;(asked ? io.out : io.err)(`${asked ? '' : `jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n`}Commands:\n${group.map((c) => `  ${c.padEnd(14)} ${(COMMANDS[c] as Command).summary}`).join('\n')}\n`)
+    ;(asked ? io.out : io.err)(`${asked ? '' : `jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n`}Commands:\n${group.map((c) => `  ${c.padEnd(20)} ${(COMMANDS[c] as Command).summary}`).join('\n')}\n`)
     return asked && argv[1] !== undefined ? 0 : 2
   }
   if (!cmd) {

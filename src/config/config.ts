@@ -5,11 +5,14 @@
 import { hostname } from 'node:os'
 import { dirname, resolve } from 'node:path'
 import { readFileSync } from 'node:fs'
-import { checkSchema, issueAt, readYaml, parseYaml, type SourceIssue, SourceError } from './yaml-source.js'
+import { checkSchema, issueAt, readYaml, parseYaml, type SourceIssue, type YamlSource, SourceError } from './yaml-source.js'
 import { ConfigSchema, type ConfigFile } from './schema.js'
 import { parseDuration } from '../util/duration.js'
 import { parseListen, type ListenAddress } from '../util/listen.js'
 import { deepFreeze } from '../util/freeze.js'
+import { resolveAuditSinks } from './audit-sinks.js'
+import type { SinkConfig } from '../audit/sinks/index.js'
+import type { WebhookSpec } from '../workflow/notify.js'
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
 
@@ -30,6 +33,8 @@ export interface GatewayConfig {
     readonly adminToken: string | undefined
   }
   readonly policyDir: string
+  /** Reload the policy when its folder changes (SIGHUP reloads regardless). */
+  readonly policyWatch: boolean
   readonly store:
     | { readonly kind: 'memory'; readonly timeoutMs: number; readonly tombstoneMs: number }
     | {
@@ -47,8 +52,26 @@ export interface GatewayConfig {
     readonly clockToleranceS: number
     readonly cacheSize: number
   }
-  readonly audit: { readonly output: 'stdout' | { readonly file: string } }
+  readonly audit: {
+    readonly output: 'stdout' | { readonly file: string }
+    /** `audit.sinks`, when configured (`JITGATE_AUDIT_OUTPUT` still wins: one native sink). */
+    readonly sinks: readonly SinkConfig[] | undefined
+    /** Signed checkpoints: after `everyEvents` events or `intervalMs` with events pending. */
+    readonly checkpoint: { readonly everyEvents: number; readonly intervalMs: number }
+  }
   readonly logLevel: LogLevel
+  readonly approvers: {
+    /** Approvers signing in with the organisation's OpenID Connect provider (ID tokens). */
+    readonly oidc: { readonly issuer: string; readonly jwksUrl: string; readonly audience: string; readonly groupsClaim: string } | undefined
+  }
+  readonly workflow: { readonly sweepIntervalMs: number; readonly retentionMs: number }
+  readonly notifications: {
+    readonly webhooks: readonly WebhookSpec[]
+    readonly queueSize: number
+    readonly maxAttempts: number
+    readonly timeoutMs: number
+    readonly backoffMs: number
+  }
 }
 
 /** Environment variables read by the loader (documented in the README). */
@@ -127,6 +150,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
         ? { file: path(c.tokens.signing_key_file) }
         : undefined
 
+  const dataDir = env.JITGATE_DATA_DIR ? resolve(env.JITGATE_DATA_DIR) : c.data_dir ? path(c.data_dir) : resolve('.jitgate')
   const auditOut = env.JITGATE_AUDIT_OUTPUT || c.audit?.output || 'stdout'
   const level = (env.JITGATE_LOG_LEVEL || c.log?.level || 'info') as LogLevel
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(level)) {
@@ -138,7 +162,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
     configFile: file,
     // Paths written in the file are relative to the file; defaults are relative to the working
     // directory (so a minimal --config elsewhere still finds ./policies).
-    dataDir: env.JITGATE_DATA_DIR ? resolve(env.JITGATE_DATA_DIR) : c.data_dir ? path(c.data_dir) : resolve('.jitgate'),
+    dataDir,
     dataPlane: {
       listen: listenOf('JITGATE_DATA_LISTEN', 'data_plane', c.data_plane?.listen, '0.0.0.0:8080'),
       upstreamTimeoutMs: ms(c.data_plane?.upstream_timeout, 30_000),
@@ -151,6 +175,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
       adminToken,
     },
     policyDir: env.JITGATE_POLICY_DIR ? resolve(env.JITGATE_POLICY_DIR) : c.policy?.dir ? path(c.policy.dir) : resolve('policies'),
+    policyWatch: c.policy?.watch ?? true,
     store: redisUrl
       ? { kind: 'redis', url: redisUrl, keyPrefix, timeoutMs, tombstoneMs }
       : { kind: 'memory', timeoutMs, tombstoneMs },
@@ -161,8 +186,13 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
       clockToleranceS: Math.ceil(ms(c.tokens?.clock_tolerance, 30_000) / 1000),
       cacheSize: c.tokens?.cache_size ?? 10_000,
     },
-    audit: { output: auditOut === 'stdout' ? 'stdout' : { file: resolve(auditOut === env.JITGATE_AUDIT_OUTPUT ? '.' : baseDir, auditOut) } },
+    audit: {
+      output: auditOut === 'stdout' ? 'stdout' : { file: resolve(auditOut === env.JITGATE_AUDIT_OUTPUT ? '.' : baseDir, auditOut) },
+      sinks: auditSinks(c, env, path, dataDir, source, issues),
+      checkpoint: { everyEvents: c.audit?.checkpoint?.every ?? 1000, intervalMs: ms(c.audit?.checkpoint?.interval, 60_000) },
+    },
     logLevel: level,
+    ...workflowSettings(c, env, path, source, issues),
   }
   if (issues.length > 0) throw new SourceError(issues)
   return deepFreeze(config)
@@ -180,4 +210,72 @@ function readSecretFile(
     issues.push({ file: path(file), line: 0, column: 0, path: 'control_plane.admin_token_file', message: (err as Error).message })
     return undefined
   }
+}
+
+/** The `approvers`, `workflow` and `notifications` sections, with webhook secrets read. */
+function workflowSettings(
+  c: ConfigFile,
+  env: NodeJS.ProcessEnv,
+  path: (p: string) => string,
+  source: YamlSource,
+  issues: SourceIssue[],
+): Pick<GatewayConfig, 'approvers' | 'workflow' | 'notifications'> {
+  const ms = (v: string | undefined, dflt: number) => (v === undefined ? dflt : (parseDuration(v) as number))
+  const oidc = c.approvers?.oidc
+  const webhooks = (c.notifications?.webhooks ?? []).map((w, i): WebhookSpec => {
+    const at = (key: string, message: string) => issues.push(issueAt(source, ['notifications', 'webhooks', i, key], message))
+    const format = w.format ?? 'generic'
+    let secret: string | undefined
+    if (w.secret_env !== undefined && w.secret_file !== undefined) at('secret_env', 'give secret_env or secret_file, not both')
+    else if (w.secret_env !== undefined) {
+      secret = env[w.secret_env] || undefined
+      if (secret === undefined) at('secret_env', `environment variable ${w.secret_env} is not set`)
+    } else if (w.secret_file !== undefined) {
+      try {
+        secret = readFileSync(path(w.secret_file), 'utf8').trim()
+      } catch (err) {
+        at('secret_file', `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+      }
+    } else if (format === 'generic') at('url', 'a generic webhook is signed: give secret_env or secret_file')
+    const spec: WebhookSpec = { url: w.url, format, ...(w.events !== undefined ? { events: w.events } : {}) }
+    // Non-enumerable: a logged or serialised config never carries the key.
+    if (secret !== undefined) Object.defineProperty(spec, 'secret', { value: secret, enumerable: false })
+    return spec
+  })
+  return {
+    approvers: {
+      oidc: oidc === undefined ? undefined : { issuer: oidc.issuer, jwksUrl: oidc.jwks_url, audience: oidc.audience, groupsClaim: oidc.groups_claim ?? 'groups' },
+    },
+    workflow: {
+      sweepIntervalMs: ms(c.workflow?.sweep_interval, 10_000),
+      retentionMs: ms(c.workflow?.retention, 30 * 86_400_000),
+    },
+    notifications: {
+      webhooks,
+      queueSize: c.notifications?.queue_size ?? 1000,
+      maxAttempts: c.notifications?.max_attempts ?? 5,
+      timeoutMs: ms(c.notifications?.timeout, 5_000),
+      backoffMs: ms(c.notifications?.backoff, 1_000),
+    },
+  }
+}
+
+/** `audit.sinks`, resolved; unset when `JITGATE_AUDIT_OUTPUT` names the single sink instead. */
+function auditSinks(
+  c: ConfigFile,
+  env: NodeJS.ProcessEnv,
+  path: (p: string) => string,
+  dataDir: string,
+  source: YamlSource,
+  issues: SourceIssue[],
+): SinkConfig[] | undefined {
+  const raw = c.audit?.sinks
+  if (raw === undefined || env.JITGATE_AUDIT_OUTPUT) return undefined
+  if (c.audit?.output !== undefined) issues.push(issueAt(source, ['audit', 'output'], 'set either audit.output or audit.sinks, not both'))
+  return resolveAuditSinks(raw, {
+    path,
+    dataDir,
+    env,
+    issue: (i, field, message) => issues.push(issueAt(source, ['audit', 'sinks', i, ...field.split('.')], message)),
+  })
 }

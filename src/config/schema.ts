@@ -4,6 +4,8 @@
  */
 import { Type, type Static } from '@sinclair/typebox'
 import { DURATION_PATTERN } from '../util/duration.js'
+import { AuditSinkSchema } from './audit-sinks.js'
+import { NOTIFICATION_EVENTS } from '../workflow/notification-events.js'
 
 const Duration = (description: string) =>
   Type.String({ pattern: DURATION_PATTERN, description, errorMessage: 'expected a duration such as 250ms, 30s, 15m, 2h or 7d' })
@@ -46,7 +48,10 @@ export const ConfigSchema = Type.Object(
     ),
     policy: Type.Optional(
       Type.Object(
-        { dir: Type.Optional(Type.String({ minLength: 1, description: 'Folder of *.yaml policy files. Env: JITGATE_POLICY_DIR.' })) },
+        {
+          dir: Type.Optional(Type.String({ minLength: 1, description: 'Folder of *.yaml policy files. Env: JITGATE_POLICY_DIR.' })),
+          watch: Type.Optional(Type.Boolean({ description: 'Reload when a file of the folder changes (SIGHUP always reloads).' })),
+        },
         Strict,
       ),
     ),
@@ -81,7 +86,71 @@ export const ConfigSchema = Type.Object(
     ),
     audit: Type.Optional(
       Type.Object(
-        { output: Type.Optional(Type.String({ minLength: 1, description: '`stdout` or a file path. Env: JITGATE_AUDIT_OUTPUT.' })) },
+        {
+          output: Type.Optional(Type.String({ minLength: 1, description: '`stdout` or a file path. Env: JITGATE_AUDIT_OUTPUT.' })),
+          sinks: Type.Optional(Type.Array(AuditSinkSchema, { minItems: 1, description: 'Several sinks, each in its format (instead of output).' })),
+          checkpoint: Type.Optional(
+            Type.Object(
+              {
+                every: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000, description: 'Signed checkpoint after this many events.' })),
+                interval: Type.Optional(Duration('…or after this long with events pending.')),
+              },
+              Strict,
+            ),
+          ),
+        },
+        Strict,
+      ),
+    ),
+    approvers: Type.Optional(
+      Type.Object(
+        {
+          oidc: Type.Optional(
+            Type.Object(
+              {
+                issuer: Type.String({ minLength: 1, description: "The identity provider's issuer identifier: the ID tokens' `iss`, exactly." }),
+                jwks_url: Type.String({ pattern: '^https?://', description: "The provider's JWKS URL (fetched and cached)." }),
+                audience: Type.String({ minLength: 1, description: "The gateway's client id at the provider: the required `aud`." }),
+                groups_claim: Type.Optional(Type.String({ minLength: 1, description: 'The ID token claim listing the groups; default `groups`.' })),
+              },
+              Strict,
+            ),
+          ),
+        },
+        Strict,
+      ),
+    ),
+    workflow: Type.Optional(
+      Type.Object(
+        {
+          sweep_interval: Type.Optional(Duration('How often each replica expires overdue pending requests and escalates due ones.')),
+          retention: Type.Optional(Duration("How long a request is kept after its deadline and its grant's expiry.")),
+        },
+        Strict,
+      ),
+    ),
+    notifications: Type.Optional(
+      Type.Object(
+        {
+          webhooks: Type.Optional(
+            Type.Array(
+              Type.Object(
+                {
+                  url: Type.String({ pattern: '^https?://', description: 'Where to POST.' }),
+                  format: Type.Optional(Type.Union([Type.Literal('generic'), Type.Literal('slack')])),
+                  secret_env: Type.Optional(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'Environment variable holding the HMAC key (generic).' })),
+                  secret_file: Type.Optional(Type.String({ minLength: 1, description: 'File holding the HMAC key (generic).' })),
+                  events: Type.Optional(Type.Array(Type.Union(NOTIFICATION_EVENTS.map((e) => Type.Literal(e))), { description: 'Default: all.' })),
+                },
+                Strict,
+              ),
+            ),
+          ),
+          queue_size: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000, description: 'Deliveries waiting at most; more are dropped and counted.' })),
+          max_attempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 20 })),
+          timeout: Type.Optional(Duration('Per delivery attempt.')),
+          backoff: Type.Optional(Duration('First retry delay, doubled per attempt.')),
+        },
         Strict,
       ),
     ),

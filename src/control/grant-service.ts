@@ -1,12 +1,14 @@
 /**
  * Issuing and revoking grants: checks against policy, writes to the grant store, signs the token,
- * audits. The control-plane API calls this; the approval workflow will call it on final approval.
+ * audits. The control-plane API calls this; the approval workflow calls `issueApproved` on final
+ * approval and `extend` on an approved extension.
  */
 import { randomBytes } from 'node:crypto'
 import type { Grant, GrantStore, Revocation } from '../grants/types.js'
-import { StoreUnavailableError } from '../grants/types.js'
+import { GrantExistsError, StoreUnavailableError } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import { parseScope } from '../policy/scope.js'
+import { assessGrant, unentitledScopes } from '../policy/entitlements.js'
 import type { TokenIssuer } from '../authn/token.js'
 import type { AuditLog } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
@@ -28,8 +30,23 @@ export interface IssuedGrant {
   readonly token: string
 }
 
+/** Who acted, in which API call, for which access request: what the audit events name. */
+export interface GrantContext {
+  readonly actor: string
+  readonly requestId: string
+  readonly accessRequestId: string
+}
+
 export interface GrantService {
   issue(input: IssueGrantInput): Promise<IssuedGrant>
+  /**
+   * Stores a grant exactly as given: the grant an approved access request names, with an id
+   * derived from the request. Idempotent: resolves false (and audits nothing) when a grant with
+   * this id exists or existed, so a retried issue can never create a second grant.
+   */
+  issueApproved(grant: Grant, ctx: GrantContext): Promise<boolean>
+  /** Moves an active grant's expiry (never earlier); `grant_not_found` when it is not active. */
+  extend(id: string, expiresAt: number, ctx: GrantContext): Promise<Grant>
   revoke(id: string, actor: string, reason: string, requestId: string): Promise<Revocation>
 }
 
@@ -63,6 +80,14 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
         }
       }
       if (scopeErrors.length > 0) throw new ApiError('invalid_scope', scopeErrors)
+      // Once the policy declares sub-processors, an operator's grant too must be within one of the
+      // subject's entitlements: otherwise the data plane would refuse it (grant_not_entitled).
+      const standing = assessGrant(policy, { subject: input.subject, resource: resource.id, scopes: input.scopes })
+      if (standing.kind === 'not_entitled') throw new ApiError('not_entitled', [standing.detail])
+      const outside = unentitledScopes(standing)
+      if (outside.length > 0) {
+        throw new ApiError('scope_not_entitled', outside.map((s) => `${JSON.stringify(s)} is not within an entitlement of "${input.subject}" for "${resource.id}"`))
+      }
       if (input.ttlMs > resource.maxTtlMs) {
         throw new ApiError('ttl_exceeds_max', [`ttl ${formatDuration(input.ttlMs)} > max_ttl ${formatDuration(resource.maxTtlMs)}`])
       }
@@ -101,6 +126,57 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
         ...(input.reason !== undefined ? { reason: input.reason } : {}),
       })
       return { grant, token }
+    },
+
+    async issueApproved(grant, ctx) {
+      try {
+        await deps.store.create(grant)
+      } catch (err) {
+        if (err instanceof GrantExistsError) return false
+        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
+        throw err
+      }
+      deps.metrics.grantsIssued.inc()
+      deps.audit.emit('grant.issued', {
+        request_id: ctx.requestId,
+        access_request_id: ctx.accessRequestId,
+        actor: ctx.actor,
+        subject: grant.subject,
+        grant_id: grant.id,
+        resource: grant.resource,
+        scopes: grant.scopes,
+        starts_at: new Date(grant.startsAt).toISOString(),
+        expires_at: new Date(grant.expiresAt).toISOString(),
+        ...(grant.reason !== undefined ? { reason: grant.reason } : {}),
+      })
+      return true
+    },
+
+    async extend(id, expiresAt, ctx) {
+      let before: Grant | undefined
+      let after: Grant | null
+      try {
+        const lookup = await deps.store.get(id)
+        if (lookup.status === 'active') before = lookup.grant
+        after = before === undefined ? null : await deps.store.extend(id, expiresAt)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
+        throw err
+      }
+      if (before === undefined || after === null) throw new ApiError('grant_not_found')
+      if (after.expiresAt > before.expiresAt) {
+        deps.audit.emit('grant.extended', {
+          request_id: ctx.requestId,
+          access_request_id: ctx.accessRequestId,
+          actor: ctx.actor,
+          grant_id: id,
+          subject: after.subject,
+          resource: after.resource,
+          expires_at: new Date(after.expiresAt).toISOString(),
+          previous_expires_at: new Date(before.expiresAt).toISOString(),
+        })
+      }
+      return after
     },
 
     async revoke(id, actor, reason, requestId) {

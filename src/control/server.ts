@@ -28,6 +28,23 @@ export interface ControlPlaneDeps {
   readonly adminToken: string | undefined
   readonly gatewayId: string
   readonly isDraining: () => boolean
+  /** Set while this replica's policy version differs from the one another replica announced. */
+  readonly policyMismatch?: () => { readonly announced: string; readonly origin: string; readonly local: string } | undefined
+  /** The access-request API (requests-api.ts), mounted under `/v1/requests`. */
+  readonly requestsApi?: MountedApi
+}
+
+/** What a mounted API gets from the control plane for each call. */
+export interface MountContext {
+  readonly requestId: string
+  readonly url: URL
+  /** The operator actor when the call carries the operator credential, else undefined. */
+  readonly operator: (req: IncomingMessage) => string | undefined
+}
+
+/** An API mounted on the control plane: handles the calls whose path it owns (resolves true). */
+export interface MountedApi {
+  handle(req: IncomingMessage, res: ServerResponse, ctx: MountContext): Promise<boolean>
 }
 
 const MAX_BODY_BYTES = 64 * 1024
@@ -46,6 +63,19 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     const who = req.headers['x-jitgate-actor']
     // The token says "an operator"; the optional header names which one, for the audit trail.
     return typeof who === 'string' && /^[A-Za-z0-9@._-]{1,64}$/.test(who) ? `operator:${who}` : 'operator'
+  }
+
+  /**
+   * The operator credential for APIs that also serve other callers: the admin token or, with none
+   * configured, no Authorization header at all (a bearer there belongs to another kind of caller).
+   */
+  function operatorOf(req: IncomingMessage): string | undefined {
+    if (adminDigest === undefined) return req.headers.authorization === undefined ? authenticate(req) : undefined
+    try {
+      return authenticate(req)
+    } catch {
+      return undefined
+    }
   }
 
   async function route(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
@@ -67,6 +97,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
         sendJson(res, 200, deps.keys().jwks, { 'cache-control': 'public, max-age=300' }),
       )
     }
+    if (deps.requestsApi && (await deps.requestsApi.handle(req, res, { requestId, url, operator: operatorOf }))) return
     if (path === '/v1/grants') {
       const actor = guard(req, requestId, path)
       if (method === 'POST') return issueGrant(req, res, actor, requestId)
@@ -127,6 +158,8 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
       store: { kind: deps.store.kind, reachable: storeOk },
       draining: deps.isDraining(),
       policy_version: policy.version,
+      // Reported, not a readiness failure: replicas that disagree would all go unready at once.
+      policy_version_mismatch: deps.policyMismatch?.() ?? null,
       gateway_id: deps.gatewayId,
     })
   }
@@ -217,7 +250,8 @@ async function storeCall<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+/** The JSON object body of a call (application/json, at most 64 KiB), or an ApiError. */
+export async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase()
   if (type !== 'application/json') throw new ApiError('unsupported_media_type')
   const declared = Number(req.headers['content-length'] ?? 0)
@@ -241,7 +275,8 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   return value as Record<string, unknown>
 }
 
-function stringField(
+/** A string field of 1 to `max` characters, or an `invalid_request` ApiError naming it. */
+export function stringField(
   body: Record<string, unknown>,
   name: string,
   opts: { optional?: boolean; max: number },
@@ -254,7 +289,8 @@ function stringField(
   return v
 }
 
-function collect<T>(details: string[], fn: () => T): T | undefined {
+/** Runs a field check, adding its problems to `details` instead of throwing: every problem is reported at once. */
+export function collect<T>(details: string[], fn: () => T): T | undefined {
   try {
     return fn()
   } catch (err) {
@@ -264,7 +300,8 @@ function collect<T>(details: string[], fn: () => T): T | undefined {
   }
 }
 
-function parseTtl(v: unknown): number | undefined {
+/** A duration given as `"15m"` (at least 1 s) or a whole number of seconds (at most 366 days). */
+export function parseTtl(v: unknown): number | undefined {
   if (typeof v === 'number') return Number.isInteger(v) && v > 0 && v <= 366 * 86_400 ? v * 1000 : undefined
   if (typeof v === 'string') {
     if (/^[0-9]{1,8}$/.test(v)) return parseTtl(Number(v))

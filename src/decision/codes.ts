@@ -44,6 +44,11 @@ export const DENY_CODES = Object.freeze({
   grant_revoked: { status: 403, message: 'The grant for this token was revoked.' },
   grant_mismatch: { status: 403, message: "The grant's subject or resource differs from the token's." },
   scope_denied: { status: 403, message: "The method or path is outside the grant's scopes." },
+  grant_not_entitled: {
+    status: 403,
+    message: 'The policy in force no longer entitles this grant (sub-processor, entitlement or scope removed, or contract ended).',
+  },
+  outside_window: { status: 403, message: "The request is outside the entitlement's time window." },
   websocket_not_allowed: { status: 403, message: 'This resource does not accept WebSocket connections.' },
   upgrade_not_supported: { status: 400, message: 'Only WebSocket upgrades are supported.' },
   store_unavailable: {

@@ -1,11 +1,13 @@
 /**
- * The per-request decision, as a value: route → token → grant → scope. Default deny: every path
+ * The per-request decision, as a value: route → token → grant → scope → entitlement (the policy in
+ * force still entitles the grant: policy/entitlements.ts). Default deny: every path
  * through this function that is not the final `allow` returns a deny code. Infrastructure faults
  * (the grant store failing or timing out) map to `store_unavailable`, never to allow.
  */
 import { normalizePath } from '../policy/path.js'
 import { compileScopes, type ScopeSet } from '../policy/scope.js'
 import type { Policy, Resource } from '../policy/policy.js'
+import { assessGrant, checkGrantUse, type GrantStanding } from '../policy/entitlements.js'
 import { extractBearer, type TokenClaims, type TokenVerifier } from '../authn/token.js'
 import type { Grant, GrantStore } from '../grants/types.js'
 import type { DenyCode } from './codes.js'
@@ -58,6 +60,8 @@ export interface Decider {
 
 /** Compiled scope sets are cached by their text: grants share scopes, compiling per request is waste. */
 const SCOPE_CACHE_MAX = 10_000
+/** Grants assessed against the policy, by grant id; an entry is stale once the policy version changes. */
+const STANDING_CACHE_MAX = 10_000
 
 export function createDecider(deps: DeciderDeps): Decider {
   const now = deps.now ?? Date.now
@@ -75,6 +79,16 @@ export function createDecider(deps: DeciderDeps): Decider {
     return set
   }
 
+  const standingCache = new Map<string, { readonly version: string; readonly standing: GrantStanding }>()
+  function standingOf(policy: Policy, grant: Grant): GrantStanding {
+    const cached = standingCache.get(grant.id)
+    if (cached !== undefined && cached.version === policy.version) return cached.standing
+    const standing = assessGrant(policy, grant)
+    if (cached === undefined && standingCache.size >= STANDING_CACHE_MAX) standingCache.delete(standingCache.keys().next().value as string)
+    standingCache.set(grant.id, { version: policy.version, standing })
+    return standing
+  }
+
   return {
     async decide(input) {
       const q = input.url.indexOf('?')
@@ -84,7 +98,9 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (!normalized.ok) return { allow: false, code: 'path_rejected', detail: normalized.reason }
       const path = normalized.path
 
-      const resource = deps.policy().matchRoute(input.host, path)
+      // One policy for the whole decision, even if a reload swaps it meanwhile.
+      const policy = deps.policy()
+      const resource = policy.matchRoute(input.host, path)
       if (!resource) return { allow: false, code: 'route_not_found', detail: 'no resource matches', path }
 
       const bearer = extractBearer(input.rawHeaders)
@@ -105,13 +121,16 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (lookup.status === 'revoked') return { allow: false, code: 'grant_revoked', detail: 'grant revoked', ...who }
       if (lookup.status !== 'active') return { allow: false, code: 'grant_not_found', detail: 'no live grant', ...who }
       const grant = lookup.grant
-      if (grant.expiresAt <= now()) return { allow: false, code: 'grant_not_found', detail: 'grant expired', ...who }
+      const t = now()
+      if (grant.expiresAt <= t) return { allow: false, code: 'grant_not_found', detail: 'grant expired', ...who }
       if (grant.subject !== claims.sub || grant.resource !== resource.id) {
         return { allow: false, code: 'grant_mismatch', detail: 'grant subject or resource differs from the token', ...who }
       }
       if (!scopesOf(grant).allows(input.method, path)) {
         return { allow: false, code: 'scope_denied', detail: `${input.method} outside the grant's scopes`, ...who }
       }
+      const use = checkGrantUse(standingOf(policy, grant), input.method, path, t)
+      if (!use.ok) return { allow: false, code: use.code, detail: use.detail, ...who }
       if (input.upgrade && !resource.websocket) {
         return { allow: false, code: 'websocket_not_allowed', detail: 'resource does not accept WebSockets', ...who }
       }

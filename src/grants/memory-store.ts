@@ -139,6 +139,16 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       return revocation
     },
 
+    async extend(id, expiresAt) {
+      assertOpen()
+      const grant = liveGrant(id, now())
+      if (grant === undefined || expiresAt <= grant.expiresAt) return grant ?? null
+      const extended: Grant = Object.freeze({ ...grant, expiresAt })
+      grants.set(id, extended)
+      emit({ type: 'extended', grant: extended })
+      return extended
+    },
+
     subscribe(listener) {
       assertOpen()
       // A wrapper per call, so subscribing the same function twice gives two independent subscriptions.

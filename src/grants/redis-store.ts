@@ -59,10 +59,26 @@ redis.call('PUBLISH', ARGV[3], '{"type":"revoked","revocation":' .. revocation .
 return revocation
 `
 
+/**
+ * KEYS: grant. ARGV: the grant JSON as the caller read it, the extended JSON, its TTL ms, events
+ * channel. Writes only if the grant is still exactly what the caller read (not revoked, not
+ * extended by someone else meanwhile); the caller reads again otherwise. Returns 1 when written.
+ */
+const EXTEND_LUA = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], '{"type":"extended","grant":' .. ARGV[2] .. '}')
+return 1
+`
+
+/** Read-and-write attempts of one extend before it gives up on a grant that keeps changing. */
+const EXTEND_ATTEMPTS = 5
+
 /** The commands registered with defineCommand (EVALSHA, falling back to EVAL after a restart). */
 interface ScriptedRedis extends Redis {
   jitgateCreate(grantKey: string, tombKey: string, json: string, ttlMs: number, channel: string): Promise<number>
   jitgateRevoke(grantKey: string, tombKey: string, partial: string, minTombMs: number, channel: string): Promise<string | null>
+  jitgateExtend(grantKey: string, current: string, next: string, ttlMs: number, channel: string): Promise<number>
 }
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
@@ -131,6 +147,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
   }) as ScriptedRedis
   client.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
   client.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })
+  client.defineCommand('jitgateExtend', { numberOfKeys: 1, lua: EXTEND_LUA })
   reportErrors(client, onError)
   // Rejects if the first attempt fails; the retry strategy carries on regardless.
   client.connect().catch(() => {})
@@ -295,6 +312,27 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
         // failure here is reported rather than turned into a failed revoke.
         await client.zrem(indexKey, id).catch((err: unknown) => onError(toError(err)))
         return JSON.parse(json) as Revocation
+      })
+    },
+
+    extend(id, expiresAt) {
+      return op('extend', async () => {
+        for (let attempt = 0; attempt < EXTEND_ATTEMPTS; attempt++) {
+          const current = await client.get(grantKey(id))
+          if (current == null) return null
+          const grant = JSON.parse(current) as Grant
+          const t = now()
+          if (grant.expiresAt <= t) return null
+          if (expiresAt <= grant.expiresAt) return grant
+          const extended: Grant = { ...grant, expiresAt }
+          const json = JSON.stringify(extended)
+          if ((await client.jitgateExtend(grantKey(id), current, json, expiresAt - t, channel)) === 1) {
+            // Only list() order depends on the score; a failure here is reported, not a failed extend.
+            await client.zadd(indexKey, 'XX', expiresAt, id).catch((err: unknown) => onError(toError(err)))
+            return extended
+          }
+        }
+        throw new Error(`grant ${id} kept changing during ${EXTEND_ATTEMPTS} extend attempts`)
       })
     },
 

@@ -40,6 +40,8 @@ export type GrantLookup =
 export type GrantEvent =
   | { readonly type: 'revoked'; readonly revocation: Revocation }
   | { readonly type: 'issued'; readonly grant: Grant }
+  /** The grant's expiry moved (`grant` carries the new `expiresAt`): open connections move their cut-off. */
+  | { readonly type: 'extended'; readonly grant: Grant }
 
 /** Thrown (rejected) when the store cannot answer: unreachable, timed out, or failing. */
 export class StoreUnavailableError extends Error {
@@ -76,6 +78,13 @@ export interface GrantStore {
    * null when no active grant has this id.
    */
   revoke(id: string, by: string, reason: string): Promise<Revocation | null>
+  /**
+   * Moves an active grant's expiry to `expiresAt` and tells every replica (an `extended` event).
+   * Never shortens a grant: an `expiresAt` at or before the current one changes nothing (so a
+   * retried extension is harmless). Returns the grant as it now is, or null when no active grant
+   * has this id (never issued, expired or revoked).
+   */
+  extend(id: string, expiresAt: number): Promise<Grant | null>
   /**
    * Subscribes to grant events from every replica (including this one). Returns unsubscribe.
    * Delivery is asynchronous and best effort: the Redis subscription goes live a moment after the

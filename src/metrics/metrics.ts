@@ -14,6 +14,10 @@ export interface GatewayMetrics {
   readonly websockets: Gauge<'resource'>
   readonly grantsIssued: Counter
   readonly grantsRevoked: Counter
+  /** Policy reloads by result: `loaded`, `unchanged`, `rejected`. */
+  readonly policyReloads: Counter<'result'>
+  /** Audit lines a sink dropped past its bound (also reported in `audit.dropped` events). */
+  readonly auditDropped: Counter<'sink'>
 }
 
 export interface MetricsOptions {
@@ -62,6 +66,18 @@ export function createMetrics(opts: MetricsOptions): GatewayMetrics {
     }),
     grantsIssued: new Counter({ name: 'jitgate_grants_issued_total', help: 'Grants issued by this replica.', registers }),
     grantsRevoked: new Counter({ name: 'jitgate_grants_revoked_total', help: 'Grants revoked through this replica.', registers }),
+    policyReloads: new Counter({
+      name: 'jitgate_policy_reloads_total',
+      help: 'Policy reloads by result: loaded (a new version in force), unchanged, rejected (invalid; the previous version stays).',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    auditDropped: new Counter({
+      name: 'jitgate_audit_dropped_total',
+      help: 'Audit lines a sink dropped once its bound (memory, spool) was reached or its destination refused them, by sink name.',
+      labelNames: ['sink'] as const,
+      registers,
+    }),
   }
   new Gauge({
     name: 'jitgate_active_grants',

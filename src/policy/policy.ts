@@ -1,17 +1,20 @@
 /**
  * Loads `policies/*.yaml` into one immutable, compiled Policy: every problem in every file is
  * reported together (file, line, column, path); a policy with any error is never used.
- * Everything the data plane needs per request (route table, upstream origins, credential headers)
- * is computed here, once.
+ * Everything the data plane needs per request (route table, upstream origins, credential headers,
+ * the entitlements of each sub-processor by resource) is computed here, once per version.
  */
-import { createHash } from 'node:crypto'
+import { createHash, createHmac, randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { checkSchema, issueAt, parseYaml, SourceError, type SourceIssue, type YamlSource } from '../config/yaml-source.js'
-import { PolicyFileSchema, type ResourceSpec } from './schema.js'
+import { checkSchema, issueAt, parseYaml, SourceError, sortIssues, type SourceIssue, type YamlSource } from '../config/yaml-source.js'
+import { PolicyFileSchema, ResourceSchema, type PolicyFile, type ResourceSpec } from './schema.js'
+import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../util/duration.js'
-import { compileRoutes, type RouteTable } from './routes.js'
+import { compileRoutes } from './routes.js'
 import { normalizePath } from './path.js'
+import { compilePrincipals, declaredIds, type DeclaredResource } from './compile-principals.js'
+import type { Entitlement, Principals } from './principals.js'
 
 /** A protected upstream, compiled for the hot path. */
 export interface Resource {
@@ -40,18 +43,44 @@ export interface Resource {
 }
 
 export interface Policy {
-  /** Content hash of all policy files: stamped on grants and audit events. */
+  /**
+   * Content hash of the policy files and the JWKS files they name (never of a secret): stamped on
+   * grants and audit events, shown at `/readyz`, compared between replicas.
+   */
   readonly version: string
+  /**
+   * Equal for two loads of identical inputs, secrets included, and different when anything changed
+   * (a rotated secret keeps the version but changes this). A keyed hash with a per-process key, so
+   * it reveals nothing about the secrets; meaningful only within this process.
+   */
+  readonly fingerprint: string
   readonly dir: string
   readonly files: readonly string[]
   readonly resources: ReadonlyMap<string, Resource>
+  readonly principals: Principals
   /** The resource served at this host and normalised path. */
   matchRoute(host: string | undefined, path: string): Resource | undefined
+  /**
+   * The entitlements of sub-processor `subject` for `resource` (empty when it has none), or
+   * undefined when `subject` is not a declared sub-processor.
+   */
+  entitlementsOf(subject: string, resource: string): readonly Entitlement[] | undefined
+  /** `file:line` where a compiled resource, sub-processor or entitlement is declared. */
+  originOf(item: object): string | undefined
 }
 
 export interface LoadPolicyOptions {
   readonly env?: NodeJS.ProcessEnv
+  /**
+   * Compile without reading any secret (upstream credentials, TOTP secrets): for offline tools
+   * (`policy test`, `explain`, `diff`) that never forward a request. Such a policy must never serve.
+   */
+  readonly skipSecrets?: boolean
 }
+
+/** Key of {@link Policy.fingerprint}: fresh per process, so fingerprints never leave it meaningfully. */
+const FINGERPRINT_KEY = randomBytes(32)
+const NO_ENTITLEMENTS: readonly Entitlement[] = Object.freeze([])
 
 /** Loads every `*.yaml`/`*.yml` file of `dir`; throws SourceError with every problem found. */
 export function loadPolicy(dir: string, opts: LoadPolicyOptions = {}): Policy {
@@ -64,8 +93,24 @@ export function loadPolicy(dir: string, opts: LoadPolicyOptions = {}): Policy {
   } catch (err) {
     throw new SourceError([{ file: absDir, line: 0, column: 0, path: '', message: (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'policy folder not found' : (err as Error).message }])
   }
-  const texts = names.map((n) => ({ file: join(absDir, n), text: readFileSync(join(absDir, n), 'utf8') }))
-  return compilePolicy(texts, { ...opts, dir: absDir })
+  const texts: { file: string; text: string }[] = []
+  const unreadable: SourceIssue[] = []
+  for (const n of names) {
+    const file = join(absDir, n)
+    try {
+      texts.push({ file, text: readFileSync(file, 'utf8') })
+    } catch (err) {
+      // Removed between the listing and the read (an editor saving), or not readable.
+      unreadable.push({ file, line: 0, column: 0, path: '', message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` })
+    }
+  }
+  if (unreadable.length > 0) throw new SourceError(unreadable)
+  const policy = compilePolicy(texts, { ...opts, dir: absDir })
+  if (policy.resources.size === 0) {
+    // Almost surely the wrong folder or an emptied file: a gateway with no routes refuses everything.
+    throw new SourceError([{ file: absDir, line: 0, column: 0, path: '', message: 'no resources are declared in any *.yaml file of this folder' }])
+  }
+  return policy
 }
 
 /** Compiles policy from in-memory texts (used by loadPolicy, `policy check` and tests). */
@@ -74,9 +119,14 @@ export function compilePolicy(
   opts: LoadPolicyOptions & { dir?: string } = {},
 ): Policy {
   const env = opts.env ?? process.env
+  const skipSecrets = opts.skipSecrets ?? false
   const issues: SourceIssue[] = []
   const specs: { spec: ResourceSpec; source: YamlSource; index: number }[] = []
+  const files: { value: PolicyFile; source: YamlSource }[] = []
+  const invalidFiles: unknown[] = []
   const hash = createHash('sha256')
+  const fingerprint = createHmac('sha256', FINGERPRINT_KEY)
+  const secretInput = (secret: string | Uint8Array) => fingerprint.update(secret).update('\u0000')
   for (const { file, text } of texts) {
     hash.update(`${file.split('/').pop()}\u0000${text}\u0000`)
     const parsed = parseYaml(file, text)
@@ -87,12 +137,24 @@ export function compilePolicy(
     const checked = checkSchema(PolicyFileSchema, parsed.source.value ?? {}, parsed.source)
     if (!checked.ok) {
       issues.push(...checked.issues)
+      invalidFiles.push(parsed.source.value)
+      // Resources that are well-formed on their own still get their semantic checks, so one run
+      // reports every problem instead of revealing them a layer at a time.
+      const items = (parsed.source.value as { resources?: unknown } | null)?.resources
+      if (Array.isArray(items)) {
+        items.forEach((item, index) => {
+          if (Value.Check(ResourceSchema, item)) specs.push({ spec: item, source: parsed.source as YamlSource, index })
+        })
+      }
       continue
     }
+    files.push({ value: checked.value, source: parsed.source })
     ;(checked.value.resources ?? []).forEach((spec, index) => specs.push({ spec, source: parsed.source as YamlSource, index }))
   }
 
   const resources = new Map<string, Resource>()
+  const declared = new Map<string, DeclaredResource>()
+  const origins = new WeakMap<object, string>()
   const firstSeen = new Map<string, string>()
   for (const { spec, source, index } of specs) {
     const at = (path: (string | number)[], message: string) => issues.push(issueAt(source, ['resources', index, ...path], message))
@@ -103,32 +165,70 @@ export function compilePolicy(
       continue
     }
     firstSeen.set(spec.id, where)
-    const resource = compileResource(spec, env, source.file, at)
-    if (resource) resources.set(spec.id, resource)
+    declared.set(spec.id, { maxTtlMs: parseDuration(spec.max_ttl), pathPrefix: spec.match.path_prefix?.replace(/(.)\/$/, '$1') })
+    const resource = compileResource(spec, env, source.file, at, skipSecrets, secretInput)
+    if (resource) {
+      resources.set(spec.id, resource)
+      origins.set(resource, where)
+    }
   }
 
-  let table: RouteTable | undefined
-  if (issues.length === 0) {
-    const routes = [...resources.values()].map((r) => ({
-      id: r.id,
-      ...(r.host !== undefined ? { host: r.host } : {}),
-      ...(r.pathPrefix !== undefined ? { pathPrefix: r.pathPrefix } : {}),
-    }))
-    const compiled = compileRoutes(routes)
-    for (const message of compiled.errors) issues.push({ file: opts.dir ?? '<policy>', line: 0, column: 0, path: 'resources', message })
-    table = compiled.table
+  for (const id of declaredIds(invalidFiles, 'resources')) if (!declared.has(id)) declared.set(id, { maxTtlMs: undefined, pathPrefix: undefined })
+  const compiled = compilePrincipals({
+    files,
+    invalidFiles,
+    resources: declared,
+    env,
+    skipSecrets,
+    issues,
+    onPublicInput: (name, content) => hash.update(`${name}\u0000${content}\u0000`),
+    onSecretInput: secretInput,
+  })
+
+  // Routes of every resource that compiled, even when others failed: conflicts are reported in
+  // the same run, each at its resource's `match`, in the policy's own words.
+  const routed = [...resources.values()]
+  const routes = routed.map((r) => ({
+    id: r.id,
+    ...(r.host !== undefined ? { host: r.host } : {}),
+    ...(r.pathPrefix !== undefined ? { pathPrefix: r.pathPrefix } : {}),
+  }))
+  const routeTable = compileRoutes(routes)
+  const specOf = new Map(specs.map((x) => [x.spec.id, x]))
+  for (const message of routeTable.errors) {
+    const m = /^routes\[(\d+)\] \(id "[^"]*"\): (.*)$/.exec(message)
+    const own = m ? specOf.get(routed[Number(m[1])]?.id ?? '') : undefined
+    if (!m || !own) {
+      issues.push({ file: opts.dir ?? '<policy>', line: 0, column: 0, path: 'resources', message })
+      continue
+    }
+    const text = (m[2] as string)
+      .replace(/routes\[(\d+)\] \(id "([^"]*)"\)/g, (_all, i: string, id: string) => {
+        const other = specOf.get(routed[Number(i)]?.id ?? id)
+        return other ? `resource "${id}" (${other.source.file}:${other.source.locate(['resources', other.index, 'match']).line})` : `resource "${id}"`
+      })
+      .replace(/pathPrefix/g, 'path_prefix')
+    issues.push(issueAt(own.source, ['resources', own.index, 'match'], text))
   }
-  if (issues.length > 0 || !table) throw new SourceError(issues)
-  const routeTable = table
+  if (issues.length > 0) throw new SourceError(sortIssues(issues))
+  const version = hash.digest('hex').slice(0, 16)
+  const { principals, entitlementIndex } = compiled
   return Object.freeze({
-    version: hash.digest('hex').slice(0, 16),
+    version,
+    fingerprint: fingerprint.update(version).digest('hex'),
     dir: opts.dir ?? '',
     files: Object.freeze(texts.map((t) => t.file)),
     resources,
+    principals,
     matchRoute(host: string | undefined, path: string) {
-      const id = routeTable.match(host, path)
+      const id = routeTable.table.match(host, path)
       return id === undefined ? undefined : resources.get(id)
     },
+    entitlementsOf(subject: string, resource: string) {
+      const byResource = entitlementIndex.get(subject)
+      return byResource === undefined ? undefined : (byResource.get(resource) ?? NO_ENTITLEMENTS)
+    },
+    originOf: (item: object) => origins.get(item) ?? compiled.origins.get(item),
   })
 }
 
@@ -137,6 +237,8 @@ function compileResource(
   env: NodeJS.ProcessEnv,
   file: string,
   at: (path: (string | number)[], message: string) => void,
+  skipSecrets: boolean,
+  secretInput: (secret: string) => void,
 ): Resource | undefined {
   let ok = true
   const fail = (path: (string | number)[], message: string) => {
@@ -164,6 +266,7 @@ function compileResource(
   if (spec.strip_prefix && pathPrefix === undefined) fail(['strip_prefix'], 'strip_prefix needs match.path_prefix')
   const maxTtlMs = parseDuration(spec.max_ttl) as number
   if (maxTtlMs < 1000) fail(['max_ttl'], 'max_ttl must be at least 1s')
+  if (spec.timeout !== undefined && (parseDuration(spec.timeout) ?? 0) < 1) fail(['timeout'], 'timeout must be longer than 0')
 
   const inject: [string, string][] = []
   const seenHeaders = new Set<string>()
@@ -179,7 +282,9 @@ function compileResource(
       return
     }
     let secret: string | undefined
-    if (cred.env !== undefined) {
+    if (skipSecrets) {
+      secret = ''
+    } else if (cred.env !== undefined) {
       secret = env[cred.env]
       if (secret === undefined || secret === '') fail(['credentials', i, 'env'], `environment variable ${cred.env} is not set`)
     } else {
@@ -191,6 +296,7 @@ function compileResource(
     }
     const value = `${cred.prefix ?? ''}${secret ?? ''}`
     if (/[\r\n\0]/.test(value)) fail(['credentials', i], 'the secret contains a line break or NUL')
+    secretInput(value)
     inject.push([name, value])
   })
   if (!ok || !url) return undefined

@@ -78,20 +78,25 @@ export function parseScope(text: string): ParseScopeResult {
   const pattern = parsePath(path)
   if (typeof pattern === 'string') return { ok: false, error: pattern }
 
-  const scope: CompiledScope = Object.freeze({
+  const scope: CompiledScope & { readonly [PATTERN]: PathPattern } = Object.freeze({
     source: text,
     methods: methodSet,
     matches:
       methodSet === '*'
         ? (_method: string, p: string) => matchPath(pattern, p)
         : (method: string, p: string) => methodSet.has(method) && matchPath(pattern, p),
+    [PATTERN]: pattern,
   })
-  patterns.set(scope, pattern)
   return { ok: true, scope }
 }
 
-/** The path pattern behind each compiled scope, for the comparisons below. */
-const patterns = new WeakMap<CompiledScope, PathPattern>()
+/**
+ * The path pattern behind a compiled scope, for the comparisons below: a symbol-keyed property
+ * (never serialised, not part of the interface) rather than a WeakMap, whose entries cost the
+ * garbage collector dearly when many scopes are compiled (a policy of 10,000 entitlements).
+ */
+const PATTERN = Symbol('pattern')
+const patternOf = (scope: CompiledScope): PathPattern | undefined => (scope as { [PATTERN]?: PathPattern })[PATTERN]
 
 /**
  * True when `outer` allows every request `inner` allows: the methods of `inner` are among those of
@@ -110,8 +115,8 @@ export function scopeCovers(outer: CompiledScope, inner: CompiledScope): boolean
     if (inner.methods === '*') return false
     for (const m of inner.methods) if (!outer.methods.has(m)) return false
   }
-  const q = patterns.get(outer)
-  const p = patterns.get(inner)
+  const q = patternOf(outer)
+  const p = patternOf(inner)
   if (q === undefined || p === undefined) return false
   return tokensCover(canonicalWildcards(q.tokens), canonicalWildcards(p.tokens))
 }
@@ -122,7 +127,7 @@ export function scopeCovers(outer: CompiledScope, inner: CompiledScope): boolean
  * usually a typo.
  */
 export function scopeReaches(scope: CompiledScope, prefix: string): boolean {
-  const pattern = patterns.get(scope)
+  const pattern = patternOf(scope)
   if (pattern === undefined) return false
   if (prefix === '/') return true
   const segments = prefix.slice(1).split('/')

@@ -2,6 +2,7 @@
 import t from 'tap'
 import { writeFileSync, statSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { parseEnv } from 'node:util'
 import { tempDir } from '../helpers/tmp.js'
 import { runCli } from '../helpers/process.js'
 import { main } from '../../src/cli/main.js'
@@ -16,6 +17,8 @@ async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code:
 import { startTestGateway, ADMIN_TOKEN } from '../helpers/gateway.js'
 import { startUpstream } from '../helpers/upstream.js'
 
+/** The example policy's development-only TOTP secrets, as `npm start` sets them. */
+const DEV_ENV = parseEnv(readFileSync(new URL('../../config/dev-secrets/example.env', import.meta.url), 'utf8'))
 const tmp = () => tempDir(t, 'cli')
 
 t.test('help for the tool and every command', async (t) => {
@@ -40,9 +43,9 @@ t.test('help for the tool and every command', async (t) => {
 })
 
 t.test('policy check: OK on the shipped policy; every error listed, exit 1, no stack trace', async (t) => {
-  const ok = await cli(['policy', 'check'])
+  const ok = await cli(['policy', 'check'], DEV_ENV)
   t.equal(ok.code, 0)
-  t.match(ok.stdout, /policy OK: version [0-9a-f]{16}, 2 resource\(s\) in 1 file\(s\)/)
+  t.match(ok.stdout, /policy OK: version [0-9a-f]{16}, 2 resource\(s\), 2 sub-processor\(s\) in 2 file\(s\)/)
   const dir = tmp()
   writeFileSync(join(dir, 'bad.yaml'), 'resources:\n  - id: x\n    upstream: http://h\n    match: { path_prefix: /x }\n    max_ttl: 1h\n    typo: true\n  - id: x\n    upstream: http://h\n    match: { path_prefix: /y }\n    max_ttl: 1h\n')
   const bad = await cli(['policy', 'check', '--dir', dir])

@@ -77,6 +77,7 @@ export function recordEvents(store: GrantStore): EventRecorder {
 
 export const isIssued = (id: string) => (e: GrantEvent) => e.type === 'issued' && e.grant.id === id
 export const isRevoked = (id: string) => (e: GrantEvent) => e.type === 'revoked' && e.revocation.id === id
+export const isExtended = (id: string) => (e: GrantEvent) => e.type === 'extended' && e.grant.id === id
 
 /**
  * Waits until `recorder`'s subscription delivers: a subscription may go live a moment after
@@ -232,6 +233,50 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       t.strictSame(await store.list(), [g2, g3, g1])
       t.equal(await store.count(), 3)
       t.strictSame(await store.get(soon.id), { status: 'not_found' })
+    })
+
+    t.test('extend moves the expiry, never shortens it, and tells subscribers', async (t) => {
+      const store = await open(t)
+      const rec = recordEvents(store)
+      t.teardown(rec.unsubscribe)
+      await untilSubscribed(store, rec)
+      const grant = makeGrant()
+      const other = makeGrant({ expiresAt: grant.expiresAt + 10_000 })
+      await store.create(grant)
+      await store.create(other)
+      const later = grant.expiresAt + 60_000
+      const extended = { ...grant, expiresAt: later }
+      t.strictSame(await store.extend(grant.id, later), extended)
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: extended })
+      t.strictSame(await rec.waitFor(isExtended(grant.id)), { type: 'extended', grant: extended })
+      const order = (await store.list()).map((g) => g.id).filter((id) => id === grant.id || id === other.id)
+      t.strictSame(order, [other.id, grant.id], 'listed by the new expiry')
+      t.strictSame(await store.extend(grant.id, grant.expiresAt), extended, 'an earlier expiry changes nothing')
+      t.strictSame(await store.extend(grant.id, later), extended, 'a retried extension changes nothing')
+      t.equal(rec.events.filter(isExtended(grant.id)).length, 1, 'and tells nobody')
+    })
+
+    t.test('extend of an unknown or revoked grant returns null', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      await store.revoke(grant.id, 'bob', 'x')
+      t.equal(await store.extend(grant.id, grant.expiresAt + 60_000), null)
+      t.equal((await store.get(grant.id)).status, 'revoked', 'a revoked grant stays revoked')
+      t.equal(await store.extend('no-such-grant', Date.now() + 60_000), null)
+    })
+
+    t.test('an extended grant outlives its first expiry, then ends at the new one (real time)', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant({ expiresAt: Date.now() + 500 })
+      await store.create(grant)
+      await store.extend(grant.id, grant.expiresAt + 700)
+      await sleep(grant.expiresAt + 300 - Date.now())
+      t.equal((await store.get(grant.id)).status, 'active', 'past the first expiry')
+      t.equal(await store.count(), 1)
+      await sleep(grant.expiresAt + 900 - Date.now())
+      t.equal((await store.get(grant.id)).status, 'not_found', 'gone after the new expiry')
+      t.equal(await store.extend(grant.id, Date.now() + 60_000), null, 'an expired grant cannot be extended')
     })
 
     t.test('subscribers receive issued and revoked events', async (t) => {

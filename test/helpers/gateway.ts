@@ -23,6 +23,8 @@ export interface TestGateway {
   readonly dataUrl: string
   readonly controlUrl: string
   readonly dataDir: string
+  /** The policy folder (`test.yaml` holds the policy given): tests rewrite it to reload. */
+  readonly policyDir: string
   /** Every audit line written so far, parsed. */
   readonly audit: AuditRecord[]
   /** Raw audit text (for secret scans). */
@@ -97,6 +99,7 @@ export async function startTestGateway(t: { teardown(fn: () => unknown): void },
     dataUrl: gw.dataUrl,
     controlUrl: gw.controlUrl,
     dataDir,
+    policyDir,
     audit,
     auditText: () => all,
     async issue(body) {

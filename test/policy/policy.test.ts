@@ -1,6 +1,7 @@
 /** Policy loading: every problem in every file reported at once, positioned; secrets resolved. */
 import t from 'tap'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { parseEnv } from 'node:util'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { compilePolicy, loadPolicy, upstreamPath } from '../../src/policy/policy.js'
@@ -17,7 +18,10 @@ function errors(texts: Record<string, string>, env: NodeJS.ProcessEnv = {}): str
 }
 
 t.test('the shipped example policy loads', async (t) => {
-  const p = loadPolicy(new URL('../../policies', import.meta.url).pathname, { env: {} })
+  // The example's local approvers read their TOTP secrets from the environment: `npm start` sets
+  // them from the committed, development-only config/dev-secrets/example.env.
+  const env = parseEnv(readFileSync(new URL('../../config/dev-secrets/example.env', import.meta.url), 'utf8'))
+  const p = loadPolicy(new URL('../../policies', import.meta.url).pathname, { env })
   t.same([...p.resources.keys()], ['crm-api', 'billing-ws'])
   t.match(p.version, /^[0-9a-f]{16}$/)
 })
@@ -90,6 +94,28 @@ t.test('semantic errors across files: duplicate ids, route conflicts, credential
     errors({ 'c.yaml': 'resources:\n  - { id: a, upstream: "http://h", match: { path_prefix: /p }, max_ttl: 1h }\n  - { id: b, upstream: "http://h", match: { path_prefix: /p }, max_ttl: 1h }\n' }),
     [/conflict|same/i],
   )
+})
+
+t.test('route conflicts are reported with the other resources\' errors, at their position', async (t) => {
+  const text = [
+    'resources:',
+    '  - { id: one, upstream: "http://h", match: { path_prefix: /crm }, max_ttl: 1h }',
+    '  - { id: two, upstream: "http://h", match: { path_prefix: /crm/ }, max_ttl: 1h }',
+    '  - { id: three, upstream: "http://h?x", match: { path_prefix: /z }, max_ttl: 1h, timeout: 0s }',
+    '  - { id: four, upstream: 1, match: { path_prefix: /y }, max_ttl: 1h }',
+  ].join('\n')
+  t.same(errors({ 'r.yaml': text }), [
+    'r.yaml:3:38 resources[1].match: same host and path_prefix as resource "one" (r.yaml:2): any host /crm',
+    'r.yaml:4:18 resources[2].upstream: the upstream URL must not carry a query, fragment or user info (use credentials)',
+    'r.yaml:4:83 resources[2].timeout: timeout must be longer than 0',
+    'r.yaml:5:17 resources[3].upstream: expected an http:// or https:// URL',
+  ])
+})
+
+t.test('a folder without any resource is refused', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'jitgate-pol-'))
+  writeFileSync(join(dir, 'empty.yaml'), '')
+  t.throws(() => loadPolicy(dir, { env: {} }), new SourceError([{ file: dir, line: 0, column: 0, path: '', message: 'no resources are declared in any *.yaml file of this folder' }]))
 })
 
 t.test('YAML traps: duplicate keys, alias bombs, `no` stays a string', async (t) => {

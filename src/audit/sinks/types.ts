@@ -1,0 +1,25 @@
+/**
+ * A sink delivers formatted audit lines to one destination. `write` is called on the hot path of
+ * every decision: it only queues (bounded) and never throws, blocks or waits. What a sink cannot
+ * keep once its bound is reached is reported through `onDrop`, never lost silently.
+ */
+
+export interface AuditSink {
+  /** Names the sink in metrics and in `audit.dropped` events (closed set: from config). */
+  readonly name: string
+  /** Queues one line (without its newline); `record` is the native event it renders (syslog
+   * takes its time and name for the header). */
+  write(line: string, record: Readonly<Record<string, unknown>>): void
+  /** Resolves once everything queued so far was handed to the destination (or given up on). */
+  flush(): Promise<void>
+  /** Flushes, then releases the destination. */
+  close(): Promise<void>
+}
+
+/** What a sink reports to the audit log that owns it. */
+export interface SinkReporter {
+  /** `count` lines were dropped once the sink's bound was reached. */
+  onDrop(count: number): void
+  /** A destination fault (written to the operational log, rate-limited by the caller). */
+  onError(err: Error): void
+}

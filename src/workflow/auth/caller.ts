@@ -1,0 +1,97 @@
+/**
+ * Who is calling `/v1/requests*`. Three kinds of caller, told apart by their credential:
+ *
+ * - **Operator**: the control plane's operator credential (the admin token; with none configured,
+ *   a call without `Authorization` on the loopback-only listener), exactly as for `/v1/grants`.
+ * - **Local approver**: an operator call that also names a `local_approvers` id in
+ *   `X-Jitgate-Approver` and, to act (approve, deny, revoke, review), proves it with that
+ *   approver's current TOTP code in `X-Jitgate-Totp`. The operator credential is the first factor
+ *   (who may reach the operator API at all), the TOTP code the second one and the proof of which
+ *   approver this is: without alice's authenticator nobody can approve as alice. A code is accepted
+ *   once (per approver and time step), on every replica.
+ * - **Sub-processor** or **OIDC approver**: `Authorization: Bearer <JWT>`. A JWT whose `iss` is the
+ *   configured OIDC issuer is an approver's ID token (oidc.ts); any other is a sub-processor
+ *   assertion (assertion.ts). Both are verified in full before anything is believed.
+ */
+import type { IncomingMessage } from 'node:http'
+import { decodeJwt } from 'jose'
+import type { Principals } from '../../policy/principals.js'
+import { extractBearer } from '../../authn/token.js'
+import { ApiError } from '../../control/errors.js'
+import type { AssertionVerifier } from './assertion.js'
+import type { OidcVerifier } from './oidc.js'
+import { localApprover, oidcApprover, type Approver } from './approvers.js'
+import { matchTotp, TOTP_REUSE_MS } from './totp.js'
+
+export type Caller =
+  | { readonly kind: 'subprocessor'; readonly id: string }
+  | { readonly kind: 'approver'; readonly approver: Approver }
+  | { readonly kind: 'operator'; readonly actor: string }
+
+export interface CallerAuthOptions {
+  readonly principals: () => Principals
+  readonly assertions: AssertionVerifier
+  readonly oidc: OidcVerifier | undefined
+  readonly claimOnce: (key: string, ttlMs: number) => Promise<boolean>
+  readonly now?: () => number
+}
+
+/** The operator actor when the call carries the operator credential (see above), else undefined. */
+export type OperatorCheck = (req: IncomingMessage) => string | undefined
+
+export interface CallerAuth {
+  /** The verified caller; rejects with ApiError (`credentials_invalid`, `assertion_replayed`, `mfa_invalid`). */
+  authenticate(req: IncomingMessage, operator: OperatorCheck): Promise<Caller>
+}
+
+const LOCAL_ID = /^[a-z0-9][a-z0-9._-]{0,62}$/
+
+export function createCallerAuth(opts: CallerAuthOptions): CallerAuth {
+  const now = opts.now ?? Date.now
+  const invalid = (detail: string): ApiError => new ApiError('credentials_invalid', [detail])
+
+  async function asLocalApprover(req: IncomingMessage, name: string): Promise<Caller> {
+    const id = name.trim()
+    const local = LOCAL_ID.test(id) ? opts.principals().localApprovers.get(id) : undefined
+    if (local === undefined) throw invalid(`X-Jitgate-Approver: "${id.slice(0, 64)}" is not a local approver`)
+    const code = header(req, 'x-jitgate-totp')
+    if (code === undefined) return { kind: 'approver', approver: localApprover(id, false) }
+    const step = matchTotp(local.totpSecret, code.trim(), now())
+    if (step === undefined) throw new ApiError('mfa_invalid')
+    // Burned on every replica for as long as the step could still be accepted.
+    if (!(await opts.claimOnce(`totp:${id}:${step}`, TOTP_REUSE_MS))) throw new ApiError('mfa_invalid', ['this code was already used: wait for the next one'])
+    return { kind: 'approver', approver: localApprover(id, true) }
+  }
+
+  return {
+    async authenticate(req, operatorOf) {
+      const operator = operatorOf(req)
+      if (operator !== undefined) {
+        const name = header(req, 'x-jitgate-approver')
+        return name === undefined ? { kind: 'operator', actor: operator } : asLocalApprover(req, name)
+      }
+      const bearer = extractBearer(req.rawHeaders)
+      if (!bearer.ok) throw invalid('send a sub-processor assertion, an approver ID token, or the operator token')
+      let iss: unknown
+      try {
+        iss = decodeJwt(bearer.token).iss
+      } catch {
+        throw invalid('the bearer token is neither the operator token nor a JWT')
+      }
+      if (opts.oidc !== undefined && iss === opts.oidc.issuer) {
+        const result = await opts.oidc.verify(bearer.token)
+        if (!result.ok) throw invalid(`ID token: ${result.detail}`)
+        return { kind: 'approver', approver: oidcApprover(result.identity, opts.principals().mfa) }
+      }
+      const result = await opts.assertions.verify(bearer.token)
+      if (!result.ok) throw new ApiError(result.code, [result.detail])
+      return { kind: 'subprocessor', id: result.subject }
+    },
+  }
+}
+
+/** A header's value. Node joins a repeated one with ", ", which no approver id or code matches. */
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name]
+  return typeof v === 'string' ? v : undefined
+}

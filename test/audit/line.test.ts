@@ -1,0 +1,57 @@
+/** One event, one line: escaping and bounding rules of `line.ts`, value by value. */
+import t from 'tap'
+import { bounded, copyBounded, toLine, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
+
+t.test('every character a reader could take as a break or a control is escaped, the value unchanged', async (t) => {
+  const nasty = [
+    '\r\n',
+    '\u2028',
+    '\u2029',
+    '\u0085',
+    '\u001b[2J',
+    '\u007f',
+    '\u202e',
+    '\u2066',
+    '\ufeff',
+    '"},{"event":"grant.issued"}',
+    '\\',
+    '\ud800',
+    '\t\b\f\u0000',
+  ]
+  for (const value of nasty) {
+    const line = toLine({ event: 'x', path: value })
+    // The name uses toLine too: JSON.stringify would put a raw U+2028 into tap's own output.
+    const name = toLine([value])
+    t.match(line, /^[\x20-\x7e]*$/, `${name}: printable ASCII only`)
+    t.same(JSON.parse(line), { event: 'x', path: value }, `${name}: parses back to the same value`)
+  }
+  t.equal(toLine({ a: 'plain é ü 日本' }), '{"a":"plain é ü 日本"}', 'ordinary text stays readable')
+})
+
+t.test('strings are cut at the bound with a marker, never inside a surrogate pair', async (t) => {
+  t.equal(bounded('abc'), 'abc')
+  const exact = 'x'.repeat(MAX_FIELD_LENGTH)
+  t.equal(bounded(exact), exact)
+  t.equal(bounded(`${exact}y`), exact + TRUNCATION_MARK)
+  const pair = `${'x'.repeat(MAX_FIELD_LENGTH - 1)}😀tail`
+  const cut = bounded(pair)
+  t.equal(cut, `${'x'.repeat(MAX_FIELD_LENGTH - 1)}${TRUNCATION_MARK}`)
+  t.notOk(/[\ud800-\udbff](?![\udc00-\udfff])/.test(cut), 'no lone high surrogate')
+})
+
+t.test('copyBounded bounds strings at any depth, keeps lists short and drops undefined', async (t) => {
+  const long = 'p'.repeat(MAX_FIELD_LENGTH + 10)
+  const out: Record<string, unknown> = {}
+  copyBounded(
+    { path: long, status: 200, none: undefined, scopes: Array.from({ length: MAX_LIST_LENGTH + 5 }, () => long), listen: { data: long } },
+    out,
+  )
+  t.equal(out.path, bounded(long))
+  t.equal(out.status, 200)
+  t.notOk('none' in out)
+  const scopes = out.scopes as string[]
+  t.equal(scopes.length, MAX_LIST_LENGTH + 1)
+  t.equal(scopes.at(-1), TRUNCATION_MARK)
+  t.equal(scopes[0], bounded(long))
+  t.same(out.listen, { data: bounded(long) })
+})

@@ -1,0 +1,83 @@
+/** The workflow's CLI commands against a real gateway: the vendor's key file, TOTP and ID tokens. */
+import t from 'tap'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { decodeJwt } from 'jose'
+import { main } from '../../src/cli/main.js'
+import { tempDir } from '../helpers/tmp.js'
+import { startTestGateway, call, ADMIN_TOKEN } from '../helpers/gateway.js'
+import { startUpstream } from '../helpers/upstream.js'
+import { makeWorld, principalsYaml } from '../helpers/workflow.js'
+
+async function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s), env })
+  return { code, stdout, stderr }
+}
+
+t.test('request, approve in two stages, token, call through, extend, cancel: all from the CLI', async (t) => {
+  const w = await makeWorld(t)
+  const upstream = await startUpstream(t)
+  const policy = `
+resources:
+  - id: crm-api
+    upstream: UPSTREAM
+    match: { path_prefix: /crm }
+    max_ttl: 8h
+${principalsYaml(w)}`
+  const g = await startTestGateway(t, { policy, upstream: upstream.url, env: w.env, config: w.config })
+  const keyFile = join(tempDir(t, 'cli-wf'), 'acme.jwk.json')
+  writeFileSync(keyFile, JSON.stringify(w.acme.privateJwk), { mode: 0o600 })
+  const base = { PATH: process.env.PATH, JITGATE_CONTROL_URL: g.controlUrl }
+  const vendor = { ...base, JITGATE_VENDOR_KEY_FILE: keyFile, JITGATE_SUBPROCESSOR: 'acme' }
+  const alice = { ...base, JITGATE_ADMIN_TOKEN: ADMIN_TOKEN, JITGATE_APPROVER: 'alice' }
+  const carol = { ...base, JITGATE_ID_TOKEN: await w.idToken('00u-carol') }
+
+  const created = await cli(['request', 'create', '--resource', 'crm-api', '--scope', 'GET /crm/customers/*', '--duration', '1h', '--reason', 'SUP-7'], vendor)
+  t.equal(created.code, 0, created.stderr)
+  const id = created.stdout.trim()
+  t.match(id, /^r_/)
+  t.match(created.stderr, `request ${id}: pending`)
+
+  const pending = await cli(['approvals', 'list'], alice)
+  t.match(pending.stdout, new RegExp(`${id}  pending  acme → crm-api for 60 min`))
+  t.match(pending.stdout, 'stage 1 crm-owners: 0/1; stage 2 security: 0/1')
+
+  const noCode = await cli(['approvals', 'approve', id], alice)
+  t.equal(noCode.code, 2)
+  t.match(noCode.stderr, '--totp CODE is required')
+  const one = await cli(['approvals', 'approve', id, '--totp', w.alice.code(), '--comment', 'ok'], alice)
+  t.equal(one.code, 0, one.stderr)
+  t.match(one.stdout, 'stage 1 crm-owners: 1/1 (alice)')
+  const two = await cli(['approvals', 'approve', id], carol)
+  t.equal(two.code, 0, two.stderr)
+  t.match(two.stdout, `${id}  approved`)
+
+  const status = await cli(['request', 'status', id, '--json'], vendor)
+  t.equal(status.code, 0)
+  t.notOk('token' in JSON.parse(status.stdout), 'status never prints the token')
+  const token = await cli(['request', 'token', id], vendor)
+  t.equal(token.code, 0, token.stderr)
+  t.equal((await call(`${g.dataUrl}/crm/customers/9`, { token: token.stdout.trim() })).status, 200)
+
+  const grantId = decodeJwt(token.stdout.trim()).jti as string
+  const ext = await cli(['grant', 'extend', grantId, '--duration', '30m', '--reason', 'export still running'], vendor)
+  t.equal(ext.code, 0, ext.stderr)
+  t.match(ext.stderr, /extension r_\S+: pending/)
+  const denied = await cli(['approvals', 'deny', ext.stdout.trim(), '--comment', 'finish tomorrow'], carol)
+  t.equal(denied.code, 0, denied.stderr)
+  t.match(denied.stdout, 'denied (extension)')
+
+  const other = (await cli(['request', 'create', '--resource', 'crm-api', '--scope', 'GET /crm/customers/*', '--duration', '1h', '--reason', 'x'], vendor)).stdout.trim()
+  t.match((await cli(['request', 'cancel', other], vendor)).stdout, `${other}  cancelled`)
+  const again = await cli(['request', 'cancel', other], vendor)
+  t.equal(again.code, 1)
+  t.match(again.stderr, 'jitgate: wrong_state: The request is not in a state that allows this.\n  the request is cancelled')
+  const noToken = await cli(['request', 'token', other], vendor)
+  t.equal(noToken.code, 1)
+  t.match(noToken.stderr, 'no token: the request is cancelled')
+  const noKey = await cli(['request', 'status', other], base)
+  t.equal(noKey.code, 2)
+  t.match(noKey.stderr, '--key FILE (or $JITGATE_VENDOR_KEY_FILE) is required')
+})

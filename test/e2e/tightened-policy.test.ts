@@ -1,0 +1,100 @@
+/**
+ * A live grant under a policy that changes: tightening the policy (scope narrowed, sub-processor
+ * removed, resource removed, window enforced at use) denies the grant's requests at once, with the
+ * documented codes, without revoking anything; loosening it again restores access. And an operator
+ * cannot issue a grant the policy does not entitle in the first place.
+ */
+import t from 'tap'
+import { renameSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { startUpstream } from '../helpers/upstream.js'
+import { call, startTestGateway, type TestGateway } from '../helpers/gateway.js'
+import { DENY_CODES } from '../../src/decision/codes.js'
+
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
+
+function policy(upstream: string, opts: { scopes?: string; acme?: boolean; crm?: boolean; window?: string } = {}): string {
+  const { scopes = '["GET /crm/**"]', acme = true, crm = true, window } = opts
+  return [
+    'resources:',
+    crm ? `  - { id: crm, upstream: "${upstream}", match: { path_prefix: /crm }, max_ttl: 8h }` : '',
+    `  - { id: other, upstream: "${upstream}", match: { path_prefix: /other }, max_ttl: 8h }`,
+    'approver_groups: [{ id: owners, members: [alice] }]',
+    'approval_policies: [{ id: one, stages: [{ group: owners, approvals: 1 }], request_ttl: 1d }]',
+    'subprocessors:',
+    '  - { id: globex, name: Globex, contract_ends: "2099-12-31" }',
+    acme && crm
+      ? `  - { id: acme, name: ACME, contract_ends: "2099-12-31", entitlements: [{ resource: crm, approval: one, max_duration: 1h, scopes: ${scopes}${window ? `, window: "${window}", enforce_window_at_use: true` : ''} }] }`
+      : '',
+    '',
+  ]
+    .filter((l, i, all) => l !== '' || i === all.length - 1)
+    .join('\n')
+}
+
+function replace(g: TestGateway, text: string): void {
+  writeFileSync(join(g.policyDir, '.next'), text)
+  renameSync(join(g.policyDir, '.next'), join(g.policyDir, 'test.yaml'))
+  const r = g.gw.reloadPolicy()
+  if (r.result === 'rejected') throw new Error(`policy rejected: ${JSON.stringify(r.issues)}`)
+}
+
+t.test('a tightened policy denies a live grant with the documented code', async (t) => {
+  const upstream = await startUpstream(t)
+  const g = await startTestGateway(t, { policy: policy(upstream.url), upstream: upstream.url, config: 'policy: { watch: false }\n' })
+  const grant = await g.issue({ subject: 'acme', resource: 'crm', scopes: ['GET /crm/customers/**'], ttl: '30m' })
+  const get = () => call(`${g.dataUrl}/crm/customers/42`, { token: grant.token })
+  t.equal((await get()).status, 200)
+
+  replace(g, policy(upstream.url, { scopes: '["GET /crm/tickets/**"]' }))
+  let res = await get()
+  t.equal(res.status, 403)
+  t.equal(res.json.error.code, 'grant_not_entitled')
+  t.equal(res.json.error.message, DENY_CODES.grant_not_entitled.message)
+  t.match(g.audit.at(-1), { event: 'access.denied', code: 'grant_not_entitled', grant_id: grant.id, subject: 'acme', status: 403 })
+
+  replace(g, policy(upstream.url, { acme: false }))
+  res = await get()
+  t.equal(res.json.error.code, 'grant_not_entitled', 'sub-processor removed')
+  t.match(res.json.error.message, /no longer entitles/)
+
+  replace(g, policy(upstream.url, { crm: false }))
+  t.equal((await get()).json.error.code, 'route_not_found', 'resource removed: nothing routes there')
+
+  replace(g, policy(upstream.url))
+  t.equal((await get()).status, 200, 'loosened again: the grant, never revoked, works again')
+
+  // A window enforced at use that excludes now (yesterday, all day; still not today after midnight).
+  const yesterday = DAYS[(new Date().getUTCDay() + 6) % 7] as string
+  replace(g, policy(upstream.url, { window: `${yesterday} 00:00-24:00 UTC` }))
+  res = await get()
+  t.equal(res.status, 403)
+  t.equal(res.json.error.code, 'outside_window')
+  const todayAndTomorrow = `${DAYS[new Date().getUTCDay()]},${DAYS[(new Date().getUTCDay() + 1) % 7]} 00:00-24:00 UTC`
+  replace(g, policy(upstream.url, { window: todayAndTomorrow }))
+  t.equal((await get()).status, 200, 'inside the window')
+
+  const metrics = await (await call(`${g.controlUrl}/metrics`)).text
+  t.match(metrics, /jitgate_requests_total\{resource="crm",decision="deny",code="grant_not_entitled"\} 2/)
+  t.match(metrics, /jitgate_requests_total\{resource="crm",decision="deny",code="outside_window"\} 1/)
+})
+
+t.test('operators cannot issue what the policy does not entitle', async (t) => {
+  const upstream = await startUpstream(t)
+  const g = await startTestGateway(t, { policy: policy(upstream.url), upstream: upstream.url })
+  const refused = async (body: Parameters<TestGateway['issue']>[0]) => {
+    const err = await g.issue(body).then(
+      () => undefined,
+      (e: Error) => e.message,
+    )
+    return JSON.parse((err ?? '').replace(/^issue failed: \d+ /, '') || '{}') as { error?: { code: string; details: string[] } }
+  }
+  t.match(await refused({ subject: 'acme', resource: 'crm', scopes: ['POST /crm/customers/1'], ttl: '5m' }), {
+    error: { code: 'scope_not_entitled', details: ['"POST /crm/customers/1" is not within an entitlement of "acme" for "crm"'] },
+  })
+  t.match(await refused({ subject: 'mallory', resource: 'crm', scopes: ['GET /crm/x'], ttl: '5m' }), { error: { code: 'not_entitled' } })
+  t.match(await refused({ subject: 'globex', resource: 'crm', scopes: ['GET /crm/x'], ttl: '5m' }), {
+    error: { code: 'not_entitled', details: [/"globex" has no entitlement for resource "crm"/] },
+  })
+  t.ok((await g.issue({ subject: 'acme', resource: 'crm', scopes: ['GET /crm/customers/*'], ttl: '5m' })).token, 'within the entitlement')
+})
