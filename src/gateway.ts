@@ -225,6 +225,18 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         connections.closeAll('gateway_shutdown', 'gateway shutting down')
         const left = await dataPlane.settled(config.dataPlane.drainTimeoutMs)
         if (left > 0) log.warn({ inflight: left }, 'drain timeout: closing remaining connections')
+        // A response whose handler just finished may still be on its way to the client, and a
+        // request may have arrived on a connection accepted before the listener closed: let
+        // connections end by themselves for a moment (closing those that turn idle) rather than
+        // cut a response whose decision is already in the audit trail.
+        const grace = Date.now() + (left > 0 ? 0 : 1000)
+        let ended = false
+        void closed.then(() => (ended = true))
+        while (!ended && Date.now() < grace) {
+          dataPlane.server.closeIdleConnections()
+          control.closeIdleConnections()
+          await sleep(20)
+        }
         dataPlane.server.closeAllConnections()
         control.closeAllConnections()
         // Handlers cut off just now still write their audit events (client_aborted) before the flush.
@@ -271,4 +283,8 @@ function rateLimited<A extends unknown[]>(fn: (...a: A) => void, everyMs: number
       fn(...a)
     }
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
 }

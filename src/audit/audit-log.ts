@@ -83,10 +83,11 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
   function reportDrops(): void {
     clearTimeout(reportTimer)
     reportTimer = undefined
-    for (const [sink, dropped] of unreported) {
-      unreported.delete(sink)
-      emitNow('audit.dropped', { sink, dropped })
-    }
+    // A snapshot: the report itself may be dropped by the failing sink, which is counted for the
+    // next report instead of looping here.
+    const entries = [...unreported]
+    unreported.clear()
+    for (const [sink, dropped] of entries) emitNow('audit.dropped', { sink, dropped })
   }
   const configs = opts.sinks ?? [simpleSink(opts.output ?? 'stdout')]
   const names = sinkNames(configs)

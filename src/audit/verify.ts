@@ -3,7 +3,7 @@
  * checkpoints (`chain.ts`) and says where each problem is (file:line, seq). Files are read as
  * streams, oldest first, and may hold several chains (replicas, restarts) interleaved.
  */
-import { createReadStream } from 'node:fs'
+import { readLines } from './read.js'
 import { genesisHash, lineHash, verifyCheckpoint, type CheckpointClaims } from './chain.js'
 
 export interface Jwks {
@@ -142,16 +142,9 @@ export async function verifyAuditFiles(files: readonly string[], opts: VerifyOpt
   }
 
   for (const file of files) {
-    let n = 0
-    let rest = ''
-    for await (const chunk of createReadStream(file, { encoding: 'utf8' })) {
-      const parts = (rest + (chunk as string)).split('\n')
-      rest = parts.pop() as string
-      for (const part of parts) onLine(part, { file, line: ++n })
-    }
-    if (rest !== '') {
-      problem({ file, line: n + 1 }, 'the last line is incomplete (no newline): the file was cut')
-      onLine(rest, { file, line: n + 1 })
+    for await (const { line, text, incomplete } of readLines(file)) {
+      if (incomplete) problem({ file, line }, 'the last line is incomplete (no newline): the file was cut')
+      onLine(text, { file, line })
     }
   }
 

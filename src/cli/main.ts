@@ -1,6 +1,6 @@
 /**
  * The `jitgate` command line: `serve`, `grant issue|list|revoke`, `keys generate`, `policy check`,
- * `audit verify`, and the workflow's `request …`, `approvals …` and `grant extend` (workflow.ts).
+ * `audit verify|export`, and the workflow's `request …`, `approvals …` and `grant extend` (workflow.ts).
  * Errors are one clear message and a non-zero exit code, never a stack trace.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util'
@@ -173,6 +173,22 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
     async run(v, files, io) {
       const { auditVerify } = await import('../audit/cli.js')
       return auditVerify(v, files, { out: io.out, usage: (m) => new UsageError(m), fail: (m) => new CliError(m) })
+    },
+  },
+  'audit export': {
+    summary: "Write a sub-processor's evidence report (JSON and CSV) from audit files.",
+    usage: `jitgate audit export --subprocessor ID --from DATE --to DATE --out PREFIX [--jwks FILE|URL] FILE...
+
+  --subprocessor ID  the vendor (the events' subject)
+  --from DATE        start: 2026-10-01 (UTC midnight) or an RFC 3339 time
+  --to DATE          end: 2026-12-31 includes that whole day; an RFC 3339 time is exclusive
+  --out PREFIX       writes PREFIX.json (requests, approvals, grants, calls, integrity) and PREFIX.csv (events)
+  --jwks FILE|URL    also check checkpoint signatures (else the hash chains only)
+  FILE...            native JSON audit files, oldest first; exit 1 when they do not verify`,
+    options: { subprocessor: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, out: { type: 'string', short: 'o' }, jwks: { type: 'string' } },
+    async run(v, files, io) {
+      const { auditExport } = await import('../audit/cli.js')
+      return auditExport(v, files, { out: io.out, usage: (m) => new UsageError(m), fail: (m) => new CliError(m) })
     },
   },
   'policy check': {

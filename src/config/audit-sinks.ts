@@ -17,48 +17,48 @@ const common = {
   format: Type.Optional(Type.Union(['json', 'ocsf', 'ecs', 'cef'].map((f) => Type.Literal(f)), { description: 'Default json (the native line).' })),
 }
 
-export const AuditSinkSchema = Type.Union([
-  Type.Object({ type: Type.Literal('stdout'), ...common }, Strict),
-  Type.Object(
-    {
-      type: Type.Literal('file'),
-      ...common,
-      path: Type.String({ minLength: 1, description: 'Relative to the config file.' }),
-      rotate_size: Type.Optional(Size('Rotate once the file reaches this size.')),
-      rotate_interval: Type.Optional(Dur('Rotate at each multiple of this interval (UTC; 1d = at midnight).')),
-      keep: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000, description: 'Rotated files kept; 0 keeps all (default).' })),
-    },
-    Strict,
-  ),
-  Type.Object(
-    {
-      type: Type.Literal('http'),
-      ...common,
-      url: Type.String({ pattern: '^https?://', description: 'Collector endpoint; batches are POSTed as newline-delimited lines.' }),
-      headers_from_env: Type.Optional(
-        Type.Record(Type.String({ pattern: '^[A-Za-z0-9-]{1,64}$' }), Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), {
-          description: 'Request headers whose values come from environment variables (secrets never go in this file).',
-        }),
-      ),
-      batch_size: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
-      batch_wait: Type.Optional(Dur('How long a line waits for others before a POST (default 1s).')),
-      timeout: Type.Optional(Dur('Per POST (default 10s).')),
-      spool_dir: Type.Optional(Type.String({ minLength: 1, description: 'Spool folder; default <data_dir>/audit-spool/<name>.' })),
-      spool_max_size: Type.Optional(Size('Unsent lines kept on disk while the collector is down (default 256MiB).')),
-    },
-    Strict,
-  ),
-  Type.Object(
-    {
-      type: Type.Literal('syslog'),
-      ...common,
-      address: Type.String({ pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$', description: 'host:port of an RFC 5424 receiver over TCP.' }),
-      facility: Type.Optional(Type.Integer({ minimum: 0, maximum: 23, description: 'Default 13 (log audit).' })),
-      app_name: Type.Optional(Type.String({ pattern: '^[\\x21-\\x7e]{1,48}$' })),
-    },
-    Strict,
-  ),
-])
+/**
+ * One object for every sink type, so that a mistake is reported on its own key (a union would
+ * only say "expected union value"); which keys each type takes is checked in `resolveAuditSinks`.
+ */
+export const AuditSinkSchema = Type.Object(
+  {
+    type: Type.Union([Type.Literal('stdout'), Type.Literal('file'), Type.Literal('http'), Type.Literal('syslog')]),
+    ...common,
+    // file
+    path: Type.Optional(Type.String({ minLength: 1, description: 'Relative to the config file.' })),
+    rotate_size: Type.Optional(Size('Rotate once the file reaches this size.')),
+    rotate_interval: Type.Optional(Dur('Rotate at each multiple of this interval (UTC; 1d = at midnight).')),
+    keep: Type.Optional(Type.Integer({ minimum: 0, maximum: 100_000, description: 'Rotated files kept; 0 keeps all (default).' })),
+    // http
+    url: Type.Optional(Type.String({ pattern: '^https?://', description: 'Collector endpoint; batches are POSTed as newline-delimited lines.', errorMessage: 'expected an http:// or https:// URL' })),
+    headers_from_env: Type.Optional(
+      Type.Record(Type.String({ pattern: '^[A-Za-z0-9-]{1,64}$' }), Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), {
+        description: 'Request headers whose values come from environment variables (secrets never go in this file).',
+      }),
+    ),
+    batch_size: Type.Optional(Type.Integer({ minimum: 1, maximum: 100_000 })),
+    batch_wait: Type.Optional(Dur('How long a line waits for others before a POST (default 1s).')),
+    timeout: Type.Optional(Dur('Per POST (default 10s).')),
+    spool_dir: Type.Optional(Type.String({ minLength: 1, description: 'Spool folder; default <data_dir>/audit-spool/<name>.' })),
+    spool_max_size: Type.Optional(Size('Unsent lines kept on disk while the collector is down (default 256MiB).')),
+    // syslog
+    address: Type.Optional(
+      Type.String({ pattern: '^(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$', description: 'host:port of an RFC 5424 receiver over TCP.', errorMessage: 'expected host:port' }),
+    ),
+    facility: Type.Optional(Type.Integer({ minimum: 0, maximum: 23, description: 'Default 13 (log audit).' })),
+    app_name: Type.Optional(Type.String({ pattern: '^[\\x21-\\x7e]{1,48}$' })),
+  },
+  Strict,
+)
+
+/** The keys each sink type takes (besides type, name and format), the first ones required. */
+const KEYS = {
+  stdout: { required: [], optional: [] },
+  file: { required: ['path'], optional: ['rotate_size', 'rotate_interval', 'keep'] },
+  http: { required: ['url'], optional: ['headers_from_env', 'batch_size', 'batch_wait', 'timeout', 'spool_dir', 'spool_max_size'] },
+  syslog: { required: ['address'], optional: ['facility', 'app_name'] },
+} as const satisfies Record<string, { required: readonly string[]; optional: readonly string[] }>
 
 export type AuditSinkFile = Static<typeof AuditSinkSchema>
 
@@ -81,6 +81,11 @@ export interface ResolveContext {
 export function resolveAuditSinks(raw: readonly AuditSinkFile[], ctx: ResolveContext): SinkConfig[] {
   const ms = (v: string | undefined) => (v === undefined ? undefined : parseDuration(v))
   return raw.map((s, i): SinkConfig => {
+    const keys: { required: readonly string[]; optional: readonly string[] } = KEYS[s.type]
+    for (const k of keys.required) if ((s as Record<string, unknown>)[k] === undefined) ctx.issue(i, k, `a ${s.type} sink needs ${k}`)
+    for (const k of Object.keys(s)) {
+      if (!['type', 'name', 'format', ...keys.required, ...keys.optional].includes(k)) ctx.issue(i, k, `not an option of a ${s.type} sink`)
+    }
     const base = { ...(s.name !== undefined ? { name: s.name } : {}), ...(s.format !== undefined ? { format: s.format as 'json' } : {}) }
     switch (s.type) {
       case 'stdout':
@@ -94,7 +99,7 @@ export function resolveAuditSinks(raw: readonly AuditSinkFile[], ctx: ResolveCon
                 ...(s.rotate_interval !== undefined ? { intervalMs: ms(s.rotate_interval) as number } : {}),
               }
             : undefined
-        return { type: 'file', ...base, path: ctx.path(s.path), ...(rotate ? { rotate } : {}) }
+        return { type: 'file', ...base, path: ctx.path(s.path ?? ''), ...(rotate ? { rotate } : {}) }
       }
       case 'http': {
         const headers: Record<string, string> = {}
@@ -106,7 +111,7 @@ export function resolveAuditSinks(raw: readonly AuditSinkFile[], ctx: ResolveCon
         return {
           type: 'http',
           ...base,
-          url: s.url,
+          url: s.url ?? '',
           headers,
           ...(s.batch_size !== undefined ? { batchSize: s.batch_size } : {}),
           ...(s.batch_wait !== undefined ? { batchWaitMs: ms(s.batch_wait) as number } : {}),
@@ -116,12 +121,13 @@ export function resolveAuditSinks(raw: readonly AuditSinkFile[], ctx: ResolveCon
         }
       }
       case 'syslog': {
-        const at = s.address.lastIndexOf(':')
+        const address = s.address ?? ''
+        const at = address.lastIndexOf(':')
         return {
           type: 'syslog',
           ...base,
-          host: s.address.slice(0, at).replace(/^\[|\]$/g, ''),
-          port: Number(s.address.slice(at + 1)),
+          host: address.slice(0, at).replace(/^\[|\]$/g, ''),
+          port: Number(address.slice(at + 1)),
           ...(s.facility !== undefined ? { facility: s.facility } : {}),
           ...(s.app_name !== undefined ? { appName: s.app_name } : {}),
         }

@@ -42,6 +42,9 @@ export interface DataPlane {
 
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const { decider, forwarder, audit, metrics, log } = deps
+  const countRequest = metrics.countRequest
+  const observeDecision = (decision: 'allow' | 'deny', started: number): void =>
+    metrics.decisionSeconds.observe({ decision }, (performance.now() - started) / 1000)
   // A handler counts as in flight until its audit event is written (not merely until the response
   // closes): graceful shutdown waits on these so no decision's event is lost or written late.
   const handlers = new Set<Promise<void>>()
@@ -61,7 +64,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   }
 
   function recordDeny(req: IncomingMessage, d: Deny, requestId: string, started: number, protocol: 'http' | 'websocket'): void {
-    metrics.requests.inc({ resource: d.resource?.id ?? '', decision: 'deny', code: d.code })
+    countRequest(d.resource?.id ?? '', 'deny', d.code)
     audit.emit('access.denied', {
       request_id: requestId,
       ...(d.subject !== undefined ? { subject: d.subject } : {}),
@@ -101,7 +104,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const started = performance.now()
     const requestId = randomUUID()
     const d = await decideSafely(req, false)
-    metrics.decisionSeconds.observe({ decision: d.allow ? 'allow' : 'deny' }, (performance.now() - started) / 1000)
+    observeDecision(d.allow ? 'allow' : 'deny', started)
     if (!d.allow) {
       if (!res.headersSent && !res.destroyed) writeDeny(res, d.code, requestId)
       recordDeny(req, d, requestId, started, 'http')
@@ -120,7 +123,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       status = DENY_CODES[outcome.code].status
       if (!outcome.responseStarted && !res.headersSent && !res.destroyed) writeDeny(res, outcome.code, requestId)
     }
-    metrics.requests.inc({ resource: d.resource.id, decision: 'allow', code })
+    countRequest(d.resource.id, 'allow', code)
     audit.emit('access.allowed', {
       request_id: requestId,
       subject: d.grant.subject,
@@ -148,7 +151,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       return
     }
     const d = await decideSafely(req, true)
-    metrics.decisionSeconds.observe({ decision: d.allow ? 'allow' : 'deny' }, (performance.now() - started) / 1000)
+    observeDecision(d.allow ? 'allow' : 'deny', started)
     if (!d.allow) {
       writeDenyToSocket(socket, d.code, requestId)
       recordDeny(req, d, requestId, started, 'websocket')
@@ -167,7 +170,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     }
     if (!result.ok) {
       writeDenyToSocket(socket, result.code, requestId)
-      metrics.requests.inc({ resource: d.resource.id, decision: 'allow', code: result.code })
+      countRequest(d.resource.id, 'allow', result.code)
       audit.emit('access.allowed', {
         ...base,
         status: DENY_CODES[result.code].status,
@@ -177,7 +180,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       })
       return
     }
-    metrics.requests.inc({ resource: d.resource.id, decision: 'allow', code: 'ok' })
+    countRequest(d.resource.id, 'allow', 'ok')
     audit.emit('access.allowed', { ...base, status: 101, duration_ms: elapsed(started) })
     metrics.websockets.inc({ resource: d.resource.id })
     const reason = await deps.connections.track(d.grant.id, d.grant.expiresAt, result.handle)

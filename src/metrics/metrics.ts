@@ -8,6 +8,11 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 export interface GatewayMetrics {
   readonly registry: Registry
   readonly requests: Counter<'resource' | 'decision' | 'code'>
+  /**
+   * Counts one data-plane request. Per-request cost is one Map update: prom-client hashes a label
+   * object on every `inc`, so counts are kept here and applied to `requests` at scrape time.
+   */
+  countRequest(resource: string, decision: 'allow' | 'deny', code: string): void
   readonly decisionSeconds: Histogram<'decision'>
   readonly upstreamSeconds: Histogram<'resource'>
   readonly storeErrors: Counter<'operation'>
@@ -30,6 +35,7 @@ export function createMetrics(opts: MetricsOptions): GatewayMetrics {
   const registry = new Registry()
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'jitgate_' })
   const registers = [registry]
+  const pendingRequests = new Map<string, { readonly labels: { resource: string; decision: string; code: string }; n: number }>()
   const metrics: GatewayMetrics = {
     registry,
     requests: new Counter({
@@ -37,7 +43,20 @@ export function createMetrics(opts: MetricsOptions): GatewayMetrics {
       help: 'Data-plane requests by resource, decision (allow/deny) and code (deny code, or "ok").',
       labelNames: ['resource', 'decision', 'code'] as const,
       registers,
+      collect() {
+        for (const entry of pendingRequests.values()) {
+          if (entry.n === 0) continue
+          this.inc(entry.labels, entry.n)
+          entry.n = 0
+        }
+      },
     }),
+    countRequest(resource, decision, code) {
+      const key = `${resource}\u0000${decision}\u0000${code}`
+      const entry = pendingRequests.get(key)
+      if (entry) entry.n++
+      else pendingRequests.set(key, { labels: { resource, decision, code }, n: 1 })
+    },
     decisionSeconds: new Histogram({
       name: 'jitgate_decision_duration_seconds',
       help: 'Time to decide a request (route, token, grant, scope), before forwarding.',
