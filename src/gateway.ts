@@ -225,8 +225,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         connections.closeAll('gateway_shutdown', 'gateway shutting down')
         const left = await dataPlane.settled(config.dataPlane.drainTimeoutMs)
         if (left > 0) log.warn({ inflight: left }, 'drain timeout: closing remaining connections')
-        // A response whose handler just finished may still be on its way to the client, and a
-        // request may have arrived on a connection accepted before the listener closed: let
+        // A response whose handler just finished may still be on its way to the client: let
         // connections end by themselves for a moment (closing those that turn idle) rather than
         // cut a response whose decision is already in the audit trail.
         const grace = Date.now() + (left > 0 ? 0 : 1000)
@@ -235,7 +234,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         while (!ended && Date.now() < grace) {
           dataPlane.server.closeIdleConnections()
           control.closeIdleConnections()
-          await sleep(20)
+          await sleep(10)
         }
         dataPlane.server.closeAllConnections()
         control.closeAllConnections()

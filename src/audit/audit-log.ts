@@ -113,13 +113,24 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
     const line = toLine(record)
     prevHash = lineHash(line)
     if (formats.length === 1 && formats[0] === 'json') {
-      for (const sink of sinks) sink.write(line, record)
+      for (const o of outputs) deliver(o, line, record)
       return
     }
     // Each format is rendered once per event, whatever the number of sinks using it.
     const rendered = new Map<AuditFormat, string>()
     for (const f of formats) rendered.set(f, formatEvent(f, record, line))
-    for (const o of outputs) o.sink.write(rendered.get(o.format) as string, record)
+    for (const o of outputs) deliver(o, rendered.get(o.format) as string, record)
+  }
+
+  /** A sink that throws (a bug, a closed stream) loses this line, counted; the caller goes on. */
+  function deliver(o: AuditOutput, text: string, record: Record<string, unknown>): void {
+    try {
+      o.sink.write(text, record)
+    } catch (err) {
+      const r = reporter(o.sink.name)
+      r.onDrop(1)
+      r.onError(err as Error)
+    }
   }
 
   function emitNow(event: AuditEventName, fields: AuditFields): void {

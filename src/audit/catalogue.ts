@@ -188,10 +188,11 @@ export const EVENTS = {
     optional: ['request_id', 'access_request_id', 'comment'],
   },
   'admin.denied': {
-    summary: 'A control-plane API call was refused for lack of a valid operator token.',
+    summary:
+      'A control-plane API call was refused: no valid credential, a missing or wrong MFA proof, a self-approval, a request outside the entitlement, a call in the wrong state... `code` is the API error code; `actor` names the approver a TOTP code was tried for; `detail` is the first reason given to the caller.',
     emitter: 'control plane',
     required: ['request_id', 'method', 'path', 'status', 'code', 'client_ip'],
-    optional: [],
+    optional: ['actor', 'detail'],
   },
   'policy.loaded': {
     summary:

@@ -12,6 +12,8 @@ import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { SignJWT, importJWK, type CryptoKey, type JWK } from 'jose'
 import { ASSERTION_MAX_LIFETIME_S } from '../workflow/auth/assertion.js'
+import { totpCode } from '../workflow/auth/totp.js'
+import { decodeBase32 } from '../policy/compile-principals.js'
 
 /** What main.ts provides to these commands. */
 export interface WorkflowCliHelpers {
@@ -219,6 +221,24 @@ ${APPROVER_HELP}`,
         if (v.json) return io.out(`${JSON.stringify(res, null, 2)}\n`), 0
         if (res.requests.length === 0) io.out(v.all ? 'no requests\n' : 'no pending requests\n')
         for (const r of res.requests) io.out(describe(r))
+        return 0
+      },
+    },
+    'totp code': {
+      summary: 'Print the current TOTP code of a base32 secret (an authenticator for scripts and development).',
+      usage: `jitgate totp code --secret-env VAR
+
+  --secret-env VAR   environment variable holding the base32 secret, e.g. EXAMPLE_ALICE_TOTP_SECRET
+                     (never pass a secret as an argument: it would show in the process list)`,
+      options: { 'secret-env': { type: 'string' } },
+      async run(v, _pos, io) {
+        const name = v['secret-env'] as string | undefined
+        if (!name) throw h.usage('--secret-env VAR is required')
+        const text = io.env[name]
+        if (!text) throw h.usage(`$${name} is not set`)
+        const secret = decodeBase32(text)
+        if (!secret) throw h.usage(`$${name} is not a base32 secret`)
+        io.out(`${totpCode(secret, Date.now())}\n`)
         return 0
       },
     },

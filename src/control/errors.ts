@@ -24,6 +24,7 @@ export const API_ERRORS = Object.freeze({
   self_approval: { status: 403, message: 'The requester can never approve, deny or review its own request.' },
   mfa_required: { status: 403, message: "Proof of a second factor is required: an ID token whose amr/acr meets the policy's mfa rule, or a local approver's TOTP code." },
   mfa_invalid: { status: 403, message: 'The TOTP code is wrong, out of its time window, or already used.' },
+  mfa_locked: { status: 429, message: 'Too many wrong TOTP codes for this approver: try again later.' },
   already_approved: { status: 409, message: 'You have already approved this request: one person counts once.' },
   wrong_state: { status: 409, message: 'The request is not in a state that allows this.' },
   request_expired: { status: 409, message: 'The request expired before a decision.' },
@@ -39,6 +40,9 @@ export const API_ERRORS = Object.freeze({
 } as const)
 
 export type ApiErrorCode = keyof typeof API_ERRORS
+
+/** Refusals whose `admin.denied` audit event has been written where they arose (no second one). */
+export const auditedRefusals = new WeakSet<ApiError>()
 
 export class ApiError extends Error {
   override readonly name = 'ApiError'

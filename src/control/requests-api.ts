@@ -23,7 +23,7 @@ import type { CallerAuth, Caller } from '../workflow/auth/caller.js'
 import type { Approver } from '../workflow/auth/approvers.js'
 import type { GrantState, WorkflowService } from '../workflow/service.js'
 import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../workflow/request-store.js'
-import { ApiError, sendJson } from './errors.js'
+import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
 import { collect, parseTtl, readJson, stringField, type MountContext, type MountedApi } from './server.js'
 
 export interface RequestsApiDeps {
@@ -56,15 +56,19 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
     } catch (err) {
       // Burning an assertion's jti or a TOTP code needs the store: without it, fail closed.
       if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-      if (err instanceof ApiError && (err.code === 'credentials_invalid' || err.code === 'assertion_replayed' || err.code === 'mfa_invalid')) {
+      if (err instanceof ApiError && (err.code === 'credentials_invalid' || err.code === 'assertion_replayed' || err.code === 'mfa_invalid' || err.code === 'mfa_locked')) {
+        const claimed = req.headers['x-jitgate-approver']
         deps.audit.emit('admin.denied', {
           request_id: ctx.requestId,
           method: bounded(req.method ?? ''),
           path: bounded(path),
-          status: err.code === 'mfa_invalid' ? 403 : 401,
+          status: API_ERRORS[err.code].status,
           code: err.code,
           client_ip: req.socket.remoteAddress ?? '',
+          // Whose second factor is being tried: the SIEM alerts on repeated failures per approver.
+          ...(typeof claimed === 'string' ? { actor: `approver:${bounded(claimed.trim().slice(0, 64))}` } : {}),
         })
+        auditedRefusals.add(err)
       }
       throw err
     }

@@ -12,7 +12,7 @@ import type { AuditLog } from '../audit/audit-log.js'
 import { bounded } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
 import type { GrantService } from './grant-service.js'
-import { ApiError, sendError, sendJson } from './errors.js'
+import { API_ERRORS, ApiError, auditedRefusals, sendError, sendJson } from './errors.js'
 import { parseDuration } from '../util/duration.js'
 import { ID_PATTERN } from '../policy/schema.js'
 
@@ -140,6 +140,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
         code: 'unauthorized',
         client_ip: req.socket.remoteAddress ?? '',
       })
+      if (err instanceof ApiError) auditedRefusals.add(err)
       throw err
     }
   }
@@ -218,7 +219,23 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
   return createServer((req, res) => {
     const requestId = randomUUID()
     route(req, res, requestId).catch((err: unknown) => {
-      if (err instanceof ApiError) return sendError(res, err, requestId)
+      if (err instanceof ApiError) {
+        // Every refused call is on record for the SIEM, with its code (a self-approval, a missing
+        // MFA proof, a request outside the entitlement...), unless it was recorded where it arose.
+        const status = API_ERRORS[err.code].status
+        if (status >= 400 && status < 500 && !auditedRefusals.has(err)) {
+          deps.audit.emit('admin.denied', {
+            request_id: requestId,
+            method: bounded(req.method ?? ''),
+            path: bounded((req.url ?? '').split('?', 1)[0] as string),
+            status,
+            code: err.code,
+            client_ip: req.socket.remoteAddress ?? '',
+            ...(err.details?.[0] !== undefined ? { detail: bounded(err.details[0]) } : {}),
+          })
+        }
+        return sendError(res, err, requestId)
+      }
       deps.log.error({ err, request_id: requestId }, 'control-plane request failed')
       sendError(res, new ApiError('internal_error'), requestId)
     })

@@ -215,8 +215,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     inflight: () => handlers.size,
     async settled(timeoutMs) {
       let timer: NodeJS.Timeout | undefined
-      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))
-      await Promise.race([Promise.allSettled([...handlers]), timeout])
+      let expired = false
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(() => resolve(void (expired = true)), timeoutMs)))
+      // Again and again: a request can still arrive on a connection accepted before the listener
+      // closed, and its handler (and audit event) counts as much as the ones already running.
+      while (handlers.size > 0 && !expired) await Promise.race([Promise.allSettled([...handlers]), timeout])
       clearTimeout(timer)
       return handlers.size
     },

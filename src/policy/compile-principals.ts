@@ -173,7 +173,13 @@ export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrinci
         if (problem) fail([...rel, 'jwk'], problem)
         else keys.push(Object.freeze({ kind: 'jwk', jwk: Object.freeze({ ...(k.jwk as JWK) }) }))
       } else if (k.jwks_file !== undefined) {
-        const loaded = readJwksFile(resolve(item.source.file, '..', k.jwks_file))
+        const jwksPath = resolve(item.source.file, '..', k.jwks_file)
+        // The key set is part of the policy's version: a rotated or removed vendor key must make a
+        // reload (SIGHUP) take effect, not count as "unchanged".
+        // Named as written in the policy (not by absolute path), so replicas installed in different
+        // folders compute the same version.
+        const jwksRef = `${item.source.file.split('/').pop()}:${k.jwks_file}`
+        const loaded = readJwksFile(jwksPath, (_file, content) => input.onPublicInput(jwksRef, content))
         if ('error' in loaded) fail([...rel, 'jwks_file'], loaded.error)
         else keys.push(Object.freeze({ kind: 'jwks_file', keys: Object.freeze(loaded.keys) }))
       } else if (k.jwks_url !== undefined) {
@@ -434,10 +440,11 @@ export function checkPublicJwk(jwk: Record<string, unknown>): string | undefined
   return undefined
 }
 
-function readJwksFile(file: string): { keys: Readonly<JWK>[] } | { error: string } {
+function readJwksFile(file: string, onContent: (name: string, content: string) => void): { keys: Readonly<JWK>[] } | { error: string } {
   let text: string
   try {
     text = readFileSync(file, 'utf8')
+    onContent(file, text)
   } catch (err) {
     return { error: `cannot read JWKS file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }
   }

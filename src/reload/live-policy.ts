@@ -53,6 +53,8 @@ export function createLivePolicy(deps: LivePolicyDeps): LivePolicy {
   /** The last version announced by any replica (this one included). */
   let announced: PolicyNotice | undefined
   let reportedMismatch = ''
+  /** The last reload was rejected: the next good one is reported even if its version is unchanged. */
+  let lastRejected = false
 
   const reloader = createPolicyReloader({
     initial: deps.initial,
@@ -73,9 +75,15 @@ export function createLivePolicy(deps: LivePolicyDeps): LivePolicy {
       const errors = reportable(r.issues)
       log.error({ trigger, policy_version: r.policy.version, errors }, 'policy reload rejected: the previous version stays in force')
       audit.emit('policy.rejected', { errors, actor })
+    } else if (lastRejected) {
+      // The files are good again (back to the version in force): the SIEM's last word on the policy
+      // must not stay "rejected".
+      log.info({ trigger, policy_version: r.policy.version }, 'policy files valid again: the version in force is unchanged')
+      audit.emit('policy.loaded', { policy_files: fileNames(r.policy), actor })
     } else {
       log.debug({ trigger, policy_version: r.policy.version }, 'policy unchanged')
     }
+    lastRejected = r.result === 'rejected'
     // Announce local reloads that changed something, and every SIGHUP: an operator who signals one
     // replica means the whole fleet. A notice-triggered reload is never re-announced (no echo).
     if (trigger !== 'notice' && (r.result === 'loaded' || (r.result === 'unchanged' && trigger === 'signal'))) {

@@ -82,14 +82,11 @@ t.test('SIGTERM under load: as many access events as responses, one per response
     .slice(0, -1)
     .map((l) => JSON.parse(l) as Record<string, unknown>)
   const access = events.filter((e) => e.event === 'access.allowed' || e.event === 'access.denied')
-  // Every answered request has exactly one event. A request the gateway was still serving when
-  // its client's connection broke has one too, truthfully `client_aborted` (499): no client saw
-  // its response, but the decision was made and is on record.
-  const answered = new Set(ids)
-  const unanswered = access.filter((e) => !answered.has(String(e.request_id)))
-  t.same(unanswered.filter((e) => e.code !== 'client_aborted'), [], 'an event without a response is a client_aborted one')
-  t.equal(new Set(access.map((e) => e.request_id)).size, access.length, 'one event per request')
-  t.same(access.filter((e) => answered.has(String(e.request_id))).map((e) => e.request_id).sort(), [...ids].sort(), 'every answered request has its event')
+  // Exactly one event per answered request, and none for a request nobody got an answer to. (A
+  // request arriving on a connection accepted just before the listener closed is drained like the
+  // others: the drain waits for handlers that start during it, so none is cut off as a 499.)
+  t.equal(access.length, ids.length, 'one access event per response')
+  t.same(access.map((e) => String(e.request_id)).sort(), [...ids].sort(), 'and exactly the requests that were answered')
   t.ok(access.some((e) => e.event === 'access.denied') && access.some((e) => e.event === 'access.allowed'))
   t.match(events.slice(-2), [{ event: 'gateway.stopped' }, { event: 'audit.checkpoint', final: true }], 'every access event came before the stop')
   const report = await verifyAuditFiles([auditFile])

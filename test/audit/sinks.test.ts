@@ -252,7 +252,8 @@ t.test('syslog: RFC 5424 over TCP with octet counting; reconnects after the rece
 
   for (const s of sockets) s.destroy()
   await new Promise<void>((resolve) => server?.close(() => resolve()))
-  await sleep(50)
+  // Let the sink see its connection close, so these lines wait for the next one.
+  await sleep(200)
   emitMany(log, 5, 10)
   await sleep(100)
   await listen(port)

@@ -102,7 +102,26 @@ t.test('refusals over HTTP: self-approval, missing MFA, bad or reused TOTP, wron
   t.match(await approve({ admin: true }), { status: 403, json: { error: { code: 'approver_only' } } }, 'an operator is not an approver')
   t.match(await api(u, 'POST', `/v1/requests/${id}/cancel`, { approver: w.alice, totp: false }), { status: 403, json: { error: { code: 'requester_only' } } })
   t.match(await approve({ bearer: await w.idToken('00u-carol', { groups: ['other'] }) }), { status: 409 }, 'state is checked before membership')
-  t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === 'mfa_invalid'), 'a failed second factor is audited')
+  t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === 'mfa_invalid' && e.actor === 'approver:alice'), 'a failed second factor is audited, naming the approver')
+  for (const code of ['self_approval', 'mfa_required', 'wrong_state', 'approver_only', 'requester_only']) {
+    t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === code && e.path === `/v1/requests/${id}/${code === 'requester_only' ? 'cancel' : 'approve'}`), `${code} is audited`)
+  }
+  t.equal(g.audit.filter((e) => e.event === 'admin.denied' && e.code === 'mfa_invalid').length, 2, 'each refusal once')
+  auditValid(t, g)
+})
+
+t.test('guessing TOTP codes locks the approver after 5 wrong codes', async (t) => {
+  const { g, w } = await setup(t)
+  const u = g.controlUrl
+  const id = (await api(u, 'POST', '/v1/requests', { bearer: await w.acme.assertion() }, ASK)).json.id as string
+  const right = w.bob.code()
+  const wrong = String((Number(right) + 500_000) % 1_000_000).padStart(6, '0')
+  for (let i = 0; i < 5; i++) {
+    t.match(await api(u, 'POST', `/v1/requests/${id}/approve`, { approver: w.bob, totp: wrong }), { status: 403, json: { error: { code: 'mfa_invalid' } } })
+  }
+  t.match(await api(u, 'POST', `/v1/requests/${id}/approve`, { approver: w.bob, totp: right }), { status: 429, json: { error: { code: 'mfa_locked' } } }, 'even the right code, once locked')
+  t.match(await api(u, 'POST', `/v1/requests/${id}/approve`, { approver: w.alice }), { status: 200 }, 'other approvers are not affected')
+  t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === 'mfa_locked' && e.actor === 'approver:bob'))
   auditValid(t, g)
 })
 

@@ -376,3 +376,14 @@ for (const trap of TRAPS) {
     t.same(errors(trap.files, trap.env ?? {}), trap.errors)
   })
 }
+
+t.test('a JWKS file is part of the policy version: rotating a vendor key is a real reload', async (t) => {
+  const { generateSigningKey } = await import('../../src/authn/keys.js')
+  const dir = mkdtempSync(join(tmpdir(), 'jitgate-jwks-'))
+  const policy = `${RESOURCE}subprocessors:\n  - id: acme\n    name: ACME\n    contract_ends: "2030-01-01"\n    keys: [{ jwks_file: acme.jwks.json }]\n`
+  writeFileSync(join(dir, 'p.yaml'), policy)
+  writeFileSync(join(dir, 'acme.jwks.json'), JSON.stringify({ keys: [(await generateSigningKey()).publicJwk] }))
+  const before = loadPolicy(dir, { env: {} }).version
+  writeFileSync(join(dir, 'acme.jwks.json'), JSON.stringify({ keys: [(await generateSigningKey()).publicJwk] }))
+  t.not(loadPolicy(dir, { env: {} }).version, before)
+})

@@ -131,6 +131,15 @@ t.test('an invalid file is rejected: the gateway keeps serving on the last good 
   t.same(await reloads(g), { rejected: 1, loaded: 1 })
   t.equal(g.gw.reloadPolicy().result, 'unchanged', 'nothing changed: no new version, no audit event')
   t.equal(g.audit.filter((e) => e.event === 'policy.loaded').length, 2, 'at start and once reloaded')
+
+  // Broken again, then restored to the version in force: the recovery is on record too.
+  const inForce = g.gw.policy().version
+  writePolicy(g, `${good}  - { id: broken }\n`)
+  t.equal(g.gw.reloadPolicy().result, 'rejected')
+  writePolicy(g, policyWith(['api', 'other'], upstream.url))
+  t.equal(g.gw.reloadPolicy().result, 'unchanged')
+  t.equal(g.gw.policy().version, inForce)
+  t.match(g.audit.at(-1), { event: 'policy.loaded', policy_version: inForce }, 'valid again: policy.loaded, not silence')
 })
 
 t.test('a burst of file events makes one reload (debounced)', async (t) => {

@@ -17,8 +17,12 @@ export function escapeHeader(value: string): string {
   return value.replace(/[\\|]/g, '\\$&').replace(/\r?\n|\r/g, ' ').replace(CONTROLS, hex)
 }
 
+/** Anything an extension value must escape; most values have none (fast path). */
+const EXTENSION_SPECIAL = /[\\=\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]/
+
 /** Extension value: `\` → `\\`, `=` → `\=`, LF → `\n`, CR → `\r`. */
 export function escapeExtension(value: string): string {
+  if (!EXTENSION_SPECIAL.test(value)) return value
   return value
     .replace(/[\\=]/g, '\\$&')
     .replace(/\n/g, '\\n')

@@ -55,6 +55,13 @@ export async function createHttpSink(opts: HttpSinkOptions, reporter: SinkReport
   const retryMax = opts.retryMaxMs ?? 30_000
   const agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: Math.min(opts.timeoutMs ?? 10_000, 10_000) } })
   const headers = { ...opts.headers, 'content-type': opts.contentType ?? 'application/x-ndjson' }
+  // Messages name the collector without any credentials its URL may carry.
+  const shown = (() => {
+    const u = new URL(opts.url)
+    u.username = ''
+    u.password = ''
+    return u.origin + u.pathname
+  })()
 
   await mkdir(opts.spoolDir, { recursive: true, mode: 0o700 })
   const spoolPath = join(opts.spoolDir, 'spool.ndjson')
@@ -163,13 +170,13 @@ export async function createHttpSink(opts: HttpSinkOptions, reporter: SinkReport
       // A collector that refuses a batch as invalid will refuse it forever: retrying it would
       // hold back every later line. Timeouts, throttling and server errors are retried.
       if (res.statusCode >= 400 && res.statusCode < 500 && res.statusCode !== 408 && res.statusCode !== 429) {
-        reporter.onError(new Error(`collector ${opts.url} refused a batch of ${batch.lines.length} line(s): HTTP ${res.statusCode}`))
+        reporter.onError(new Error(`collector ${shown} refused a batch of ${batch.lines.length} line(s): HTTP ${res.statusCode}`))
         return 'rejected'
       }
-      reporter.onError(new Error(`collector ${opts.url} answered HTTP ${res.statusCode}`))
+      reporter.onError(new Error(`collector ${shown} answered HTTP ${res.statusCode}`))
       return 'retry'
     } catch (err) {
-      reporter.onError(new Error(`collector ${opts.url} unreachable: ${(err as Error).message}`))
+      reporter.onError(new Error(`collector ${shown} unreachable: ${(err as Error).message}`))
       return 'retry'
     } finally {
       abort = undefined
