@@ -8,7 +8,17 @@ import { createHash, createHmac, randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { checkSchema, issueAt, parseYaml, SourceError, sortIssues, type SourceIssue, type YamlSource } from '../config/yaml-source.js'
-import { PolicyFileSchema, ResourceSchema, type PolicyFile, type ResourceSpec } from './schema.js'
+import {
+  ApprovalPolicySchema,
+  ApproverGroupSchema,
+  LocalApproverSchema,
+  MfaSchema,
+  PolicyFileSchema,
+  ResourceSchema,
+  SubprocessorSchema,
+  type PolicyFile,
+  type ResourceSpec,
+} from './schema.js'
 import { Value } from '@sinclair/typebox/value'
 import { parseDuration } from '../util/duration.js'
 import { compileRoutes } from './routes.js'
@@ -138,14 +148,12 @@ export function compilePolicy(
     if (!checked.ok) {
       issues.push(...checked.issues)
       invalidFiles.push(parsed.source.value)
-      // Resources that are well-formed on their own still get their semantic checks, so one run
-      // reports every problem instead of revealing them a layer at a time.
-      const items = (parsed.source.value as { resources?: unknown } | null)?.resources
-      if (Array.isArray(items)) {
-        items.forEach((item, index) => {
-          if (Value.Check(ResourceSchema, item)) specs.push({ spec: item, source: parsed.source as YamlSource, index })
-        })
-      }
+      // Items that are well-formed on their own still get their semantic checks (references,
+      // duplicates, secrets, route conflicts), so one run reports every problem instead of
+      // revealing them a layer at a time.
+      const salvaged = salvageItems(parsed.source.value)
+      files.push({ value: salvaged, source: parsed.source })
+      ;(salvaged.resources ?? []).forEach((spec, index) => specs.push({ spec, source: parsed.source as YamlSource, index }))
       continue
     }
     files.push({ value: checked.value, source: parsed.source })
@@ -316,6 +324,35 @@ function compileResource(
   }
   Object.defineProperty(resource, 'inject', { value: Object.freeze(inject.map((p) => Object.freeze(p))), enumerable: false })
   return Object.freeze(resource) as Resource
+}
+
+const ITEM_SCHEMAS = {
+  resources: ResourceSchema,
+  subprocessors: SubprocessorSchema,
+  approver_groups: ApproverGroupSchema,
+  approval_policies: ApprovalPolicySchema,
+  local_approvers: LocalApproverSchema,
+} as const
+
+/**
+ * The well-formed items of a file that failed its schema check, each at its own index (a sparse
+ * array: `forEach` skips the holes, so positions in error messages stay right).
+ */
+function salvageItems(value: unknown): PolicyFile {
+  const out: Record<string, unknown> = {}
+  if (value === null || typeof value !== 'object') return out as PolicyFile
+  for (const [key, schema] of Object.entries(ITEM_SCHEMAS)) {
+    const items = (value as Record<string, unknown>)[key]
+    if (!Array.isArray(items)) continue
+    const kept: unknown[] = new Array(items.length)
+    items.forEach((item, i) => {
+      if (Value.Check(schema, item)) kept[i] = item
+    })
+    out[key] = kept
+  }
+  const mfa = (value as Record<string, unknown>).mfa
+  if (mfa !== undefined && Value.Check(MfaSchema, mfa)) out.mfa = mfa
+  return out as PolicyFile
 }
 
 /** Headers the gateway owns; a credential may not override them. */

@@ -183,7 +183,9 @@ const TRAPS: { name: string; files: Record<string, string>; env?: NodeJS.Process
       'p.yaml':
         'approver_groups:\n  - { id: owners, members: [alice, bob, alice] }\n  - { id: sec, members: [carol], oidc_groups: [security] }\napproval_policies:\n  - { id: a, stages: [{ group: owners, approvals: 3 }, { group: sec, approvals: 5 }], request_ttl: 1d }\n  - { id: b, stages: [], request_ttl: 1d }\n  - { id: c, stages: [{ group: owners, approvals: 0 }], request_ttl: 1d }\n',
     },
+    // The schema errors don't hide the semantic one of the well-formed policy `a`: all at once.
     errors: [
+      'DIR/p.yaml:5:40 approval_policies[0].stages[0].approvals: 3 approvals needed but group "owners" has only 2 member(s)',
       'DIR/p.yaml:6:14 approval_policies[1].stages: expected at least one stage',
       'DIR/p.yaml:7:40 approval_policies[2].stages[0].approvals: expected a whole number of approvals, at least 1',
     ],
