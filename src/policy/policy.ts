@@ -11,6 +11,7 @@ import { checkSchema, issueAt, parseYaml, SourceError, sortIssues, type SourceIs
 import {
   ApprovalPolicySchema,
   ApproverGroupSchema,
+  EntitlementSchema,
   LocalApproverSchema,
   MfaSchema,
   PolicyFileSchema,
@@ -347,12 +348,33 @@ function salvageItems(value: unknown): PolicyFile {
     const kept: unknown[] = new Array(items.length)
     items.forEach((item, i) => {
       if (Value.Check(schema, item)) kept[i] = item
+      else if (key === 'subprocessors') {
+        const partial = salvageEntitlements(item)
+        if (partial !== undefined) kept[i] = partial
+      }
     })
     out[key] = kept
   }
   const mfa = (value as Record<string, unknown>).mfa
   if (mfa !== undefined && Value.Check(MfaSchema, mfa)) out.mfa = mfa
   return out as PolicyFile
+}
+
+/**
+ * A sub-processor whose only schema problems are in some of its entitlements: kept with its valid
+ * entitlements at their own indexes (sparse), so the others' references are still checked.
+ */
+function salvageEntitlements(item: unknown): unknown {
+  const entitlements = (item as { entitlements?: unknown } | null)?.entitlements
+  if (!Array.isArray(entitlements)) return undefined
+  const valid = entitlements.map((e) => (Value.Check(EntitlementSchema, e) ? e : undefined))
+  const dense = valid.filter((e) => e !== undefined)
+  if (!Value.Check(SubprocessorSchema, { ...(item as object), entitlements: dense })) return undefined
+  const sparse: unknown[] = new Array(entitlements.length)
+  valid.forEach((e, i) => {
+    if (e !== undefined) sparse[i] = e
+  })
+  return { ...(item as object), entitlements: sparse }
 }
 
 /** Headers the gateway owns; a credential may not override them. */

@@ -112,6 +112,32 @@ t.test('route conflicts are reported with the other resources\' errors, at their
   ])
 })
 
+t.test('schema errors do not hide the reference errors of well-formed items, however nested', async (t) => {
+  const text = [
+    'resources:',
+    '  - { id: crm, upstream: "http://h", match: { path_prefix: /crm }, max_ttl: 8h }',
+    'approver_groups:',
+    '  - { id: owners, members: alice }',
+    '  - { id: security, members: [carol] }',
+    'approval_policies:',
+    '  - { id: two, stages: [{ group: securty, approvals: 1 }], request_ttl: 1d }',
+    'subprocessors:',
+    '  - id: acme',
+    '    name: ACME',
+    '    contract_ends: "2030-01-01"',
+    '    entitlements:',
+    '      - { resource: crm, approval: two, scopes: ["GET /crm/**"], max_duraton: 1h }',
+    '      - { resource: crm, approval: tow, scopes: ["GET /crm/**"], max_duration: 1h }',
+  ].join('\n')
+  t.same(errors({ 'p.yaml': text }), [
+    'p.yaml:4:19 approver_groups[0].members: expected array',
+    'p.yaml:7:27 approval_policies[0].stages[0].group: unknown approver group "securty"',
+    'p.yaml:13:9 subprocessors[0].entitlements[0].max_duration: missing required key "max_duration"',
+    'p.yaml:13:66 subprocessors[0].entitlements[0].max_duraton: unknown key',
+    'p.yaml:14:26 subprocessors[0].entitlements[1].approval: unknown approval policy "tow"',
+  ])
+})
+
 t.test('a folder without any resource is refused', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'jitgate-pol-'))
   writeFileSync(join(dir, 'empty.yaml'), '')
