@@ -16,7 +16,8 @@
  * surface as StoreUnavailableError, the data plane answers 503, and the connection keeps
  * reconnecting in the background so the store recovers by itself when Redis is back.
  */
-import { Redis, type RedisOptions } from 'ioredis'
+import { Redis } from 'ioredis'
+import { connectionTarget, openFailClosedRedis, quit, reconnectOptions, reportErrors, toError } from './redis-connection.js'
 import {
   GrantExistsError,
   StoreUnavailableError,
@@ -83,112 +84,32 @@ interface ScriptedRedis extends Redis {
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
 
-const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)))
-
-/**
- * ioredis takes a redis:// or rediss:// URL as is, and a unix socket as a path (query parameters
- * such as `?db=1&password=x` are honoured there too), so `unix:///run/redis.sock` becomes
- * `/run/redis.sock`.
- */
-export function connectionTarget(url: string): string {
-  if (/^rediss?:\/\//i.test(url)) return url
-  if (url.startsWith('unix://')) return url.slice('unix://'.length)
-  throw new Error(`unsupported Redis URL scheme (expected redis://, rediss:// or unix://): ${url.replace(/\/\/[^@/]*@/, '//***@')}`)
-}
-
-/**
- * Reports a connection's errors to onError, once per run of identical errors: a down Redis makes
- * ioredis emit the same ECONNREFUSED on every reconnect attempt. A successful reconnect re-arms it.
- * Attaching the handler at all is what keeps an 'error' event from crashing the process.
- */
-export function reportErrors(client: Redis, onError: (err: Error) => void): void {
-  let last: string | undefined
-  client.on('error', (err: Error) => {
-    if (err.message === last) return
-    last = err.message
-    onError(err)
-  })
-  client.on('ready', () => {
-    last = undefined
-  })
-}
-
 export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore {
   const now = opts.now ?? Date.now
   const onError = opts.onError ?? (() => {})
   const { timeoutMs, keyPrefix: prefix } = opts
-  const target = connectionTarget(opts.url)
   const grantKey = (id: string): string => `${prefix}{${id}}:grant`
   const tombKey = (id: string): string => `${prefix}{${id}}:revoked`
   const indexKey = `${prefix}grants`
   const channel = `${prefix}events`
 
-  const common = {
-    // Connect explicitly below, once the error handlers are attached.
-    lazyConnect: true,
-    // Keep reconnecting forever, at most a second apart, so the store heals without a restart.
-    retryStrategy: (attempt: number) => Math.min(attempt * 100, 1000),
-    // Only bounds a connection attempt that never completes (black-holed host); callers are
-    // bounded by their own deadline meanwhile.
-    connectTimeout: Math.max(timeoutMs, 1000),
-  } satisfies RedisOptions
-
-  const client = new Redis(target, {
-    ...common,
-    // Commands are never parked while disconnected, nor replayed after a reconnect: a create or
-    // revoke we have already reported as failed must not happen later behind the caller's back.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    commandTimeout: timeoutMs,
+  const connection = openFailClosedRedis({
+    url: opts.url,
+    timeoutMs,
+    onError,
+    name: 'grant store',
+    passThrough: (err) => err instanceof GrantExistsError,
     // Concurrent requests' grant lookups leave in one write per event-loop tick instead of one
     // syscall each: measured by `npm run bench`, this is most of the Redis path's CPU cost.
-    enableAutoPipelining: true,
-  }) as ScriptedRedis
-  client.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
-  client.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })
-  client.defineCommand('jitgateExtend', { numberOfKeys: 1, lua: EXTEND_LUA })
-  reportErrors(client, onError)
-  // Rejects if the first attempt fails; the retry strategy carries on regardless.
-  client.connect().catch(() => {})
-
-  /**
-   * Resolves at the next 'ready'. Without an offline queue, a command sent while (re)connecting
-   * fails at once; waiting here (within the caller's deadline) instead lets the first requests
-   * after startup, or after a short blip, succeed. One shared promise, not a listener per caller.
-   */
-  let readyWaiter: Promise<void> | undefined
-  const nextReady = (): Promise<void> =>
-    (readyWaiter ??= new Promise<void>((resolve) => {
-      client.once('ready', () => {
-        readyWaiter = undefined
-        resolve()
-      })
-    }))
-
-  let closed = false
-  /**
-   * Runs one store operation under the `timeoutMs` deadline, translating every failure except
-   * the contract's own errors into StoreUnavailableError. On the hot path (connection ready) the
-   * cost is one timer and one Promise.race.
-   */
-  const op = <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    if (closed) return Promise.reject(new StoreUnavailableError('grant store is closed'))
-    let timer: NodeJS.Timeout | undefined
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)),
-        timeoutMs,
-      )
-    })
-    const work = client.status === 'ready' ? fn() : nextReady().then(fn)
-    return Promise.race([work, deadline])
-      .catch((err: unknown) => {
-        if (err instanceof StoreUnavailableError || err instanceof GrantExistsError) throw err
-        throw new StoreUnavailableError(`redis ${what}: ${toError(err).message}`, { cause: err })
-      })
-      .finally(() => clearTimeout(timer))
-  }
+    autoPipelining: true,
+    setup(c) {
+      c.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
+      c.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })
+      c.defineCommand('jitgateExtend', { numberOfKeys: 1, lua: EXTEND_LUA })
+    },
+  })
+  const client = connection.client as ScriptedRedis
+  const op = connection.op
 
   const listeners = new Set<(event: GrantEvent) => void>()
   let subscriber: Redis | undefined
@@ -217,7 +138,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
    * SUBSCRIBE by itself after every reconnect (autoResubscribe, on by default).
    */
   const openSubscriber = (): Redis => {
-    const sub = new Redis(target, { ...common, enableOfflineQueue: true, maxRetriesPerRequest: null })
+    const sub = new Redis(connectionTarget(opts.url), { ...reconnectOptions(timeoutMs), enableOfflineQueue: true, maxRetriesPerRequest: null })
     reportErrors(sub, onError)
     sub.on('message', (ch: string, message: string) => {
       if (ch === channel) dispatch(message)
@@ -228,21 +149,6 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
   }
 
   /** QUIT (letting replies in flight arrive) for at most timeoutMs, then drop the socket for sure. */
-  const shutdown = async (conn: Redis): Promise<void> => {
-    if (conn.status === 'ready') {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        conn.quit().catch(() => {}),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, timeoutMs)
-        }),
-      ])
-      clearTimeout(timer)
-    }
-    // Also stops the reconnect loop when Redis is down, which QUIT cannot reach.
-    conn.disconnect()
-  }
-
   /** Active grants, soonest expiry first; also prunes expired entries from the index. */
   const activeGrants = async (): Promise<Grant[]> => {
     const t = now()
@@ -337,7 +243,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     },
 
     subscribe(listener) {
-      if (closed) throw new StoreUnavailableError('grant store is closed')
+      if (connection.closed) throw new StoreUnavailableError('grant store is closed')
       subscriber ??= openSubscriber()
       // A wrapper per call, so subscribing the same function twice gives two independent subscriptions.
       const subscription = (event: GrantEvent): void => listener(event)
@@ -354,10 +260,9 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     },
 
     async close() {
-      if (closed) return
-      closed = true
+      if (connection.closed) return
       listeners.clear()
-      await Promise.all([shutdown(client), subscriber && shutdown(subscriber)])
+      await Promise.all([connection.close(), subscriber && quit(subscriber, timeoutMs)])
     },
   }
 }

@@ -9,7 +9,7 @@
  * misses the notice, and still picks up the change from its own file watcher or the next SIGHUP.
  */
 import { Redis } from 'ioredis'
-import { connectionTarget, reportErrors } from '../grants/redis-store.js'
+import { connectionTarget, reportErrors } from '../grants/redis-connection.js'
 
 /** What a replica announces after it reloaded its policy. */
 export interface PolicyNotice {

@@ -17,8 +17,7 @@
  * operation, failures surface as StoreUnavailableError.
  */
 import { Redis } from 'ioredis'
-import { StoreUnavailableError } from '../grants/types.js'
-import { connectionTarget, reportErrors } from '../grants/redis-store.js'
+import { openFailClosedRedis, toError } from '../grants/redis-connection.js'
 import {
   RequestExistsError,
   byNewest,
@@ -50,7 +49,6 @@ interface ScriptedRedis extends Redis {
   jitgateRequestUpdate(key: string, expectedVersion: number, json: string, pxMs: string): Promise<number>
 }
 
-const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)))
 
 export function createRedisRequestStore(opts: RedisRequestStoreOptions): RequestStore {
   const now = opts.now ?? Date.now
@@ -61,45 +59,16 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
   const openKey = `${prefix}requests:open`
   const claimKey = (key: string): string => `${prefix}once:${key}`
 
-  const client = new Redis(connectionTarget(opts.url), {
-    lazyConnect: true,
-    retryStrategy: (attempt: number) => Math.min(attempt * 100, 1000),
-    connectTimeout: Math.max(timeoutMs, 1000),
-    // A transition reported as failed must never happen later behind the caller's back.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    autoResendUnfulfilledCommands: false,
-    commandTimeout: timeoutMs,
-  }) as ScriptedRedis
-  client.defineCommand('jitgateRequestUpdate', { numberOfKeys: 1, lua: UPDATE_LUA })
-  reportErrors(client, onError)
-  client.connect().catch(() => {})
-
-  let readyWaiter: Promise<void> | undefined
-  const nextReady = (): Promise<void> =>
-    (readyWaiter ??= new Promise<void>((resolve) => {
-      client.once('ready', () => {
-        readyWaiter = undefined
-        resolve()
-      })
-    }))
-
-  let closed = false
-  /** One operation under the `timeoutMs` deadline; every failure but the contract's own becomes StoreUnavailableError. */
-  const op = <T>(what: string, fn: () => Promise<T>): Promise<T> => {
-    if (closed) return Promise.reject(new StoreUnavailableError('request store is closed'))
-    let timer: NodeJS.Timeout | undefined
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)), timeoutMs)
-    })
-    const work = client.status === 'ready' ? fn() : nextReady().then(fn)
-    return Promise.race([work, deadline])
-      .catch((err: unknown) => {
-        if (err instanceof StoreUnavailableError || err instanceof RequestExistsError) throw err
-        throw new StoreUnavailableError(`redis ${what}: ${toError(err).message}`, { cause: err })
-      })
-      .finally(() => clearTimeout(timer))
-  }
+  const connection = openFailClosedRedis({
+    url: opts.url,
+    timeoutMs,
+    onError,
+    name: 'request store',
+    passThrough: (err) => err instanceof RequestExistsError,
+    setup: (c) => c.defineCommand('jitgateRequestUpdate', { numberOfKeys: 1, lua: UPDATE_LUA }),
+  })
+  const client = connection.client as ScriptedRedis
+  const op = connection.op
 
   /** PX for a record, or "0" when it must be kept (open review). At least 1 ms: PX 0 is an error. */
   const px = (r: AccessRequest): string => {
@@ -181,20 +150,6 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
       })
     },
 
-    async close() {
-      if (closed) return
-      closed = true
-      if (client.status === 'ready') {
-        let timer: NodeJS.Timeout | undefined
-        await Promise.race([
-          client.quit().catch(() => {}),
-          new Promise<void>((resolve) => {
-            timer = setTimeout(resolve, timeoutMs)
-          }),
-        ])
-        clearTimeout(timer)
-      }
-      client.disconnect()
-    },
+    close: () => connection.close(),
   }
 }

@@ -1,0 +1,150 @@
+/**
+ * A Redis connection that fails closed and fast, shared by the grant store and the request store.
+ *
+ * Every operation runs under a deadline of `timeoutMs`. A command is either sent on a live
+ * connection or rejected at once (no offline queue, no replay after a reconnect): a write already
+ * reported as failed must never happen later behind the caller's back. The connection keeps
+ * reconnecting in the background, so the store heals by itself when Redis is back. Every failure
+ * except the caller's own contract errors surfaces as StoreUnavailableError.
+ */
+import { Redis, type RedisOptions } from 'ioredis'
+import { StoreUnavailableError } from './types.js'
+
+export const toError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)))
+
+/**
+ * ioredis takes a redis:// or rediss:// URL as is, and a unix socket as a path (query parameters
+ * such as `?db=1&password=x` are honoured there too), so `unix:///run/redis.sock` becomes
+ * `/run/redis.sock`.
+ */
+export function connectionTarget(url: string): string {
+  if (/^rediss?:\/\//i.test(url)) return url
+  if (url.startsWith('unix://')) return url.slice('unix://'.length)
+  throw new Error(`unsupported Redis URL scheme (expected redis://, rediss:// or unix://): ${url.replace(/\/\/[^@/]*@/, '//***@')}`)
+}
+
+/**
+ * Reports a connection's errors to onError, once per run of identical errors: a down Redis makes
+ * ioredis emit the same ECONNREFUSED on every reconnect attempt. A successful reconnect re-arms it.
+ * Attaching the handler at all is what keeps an 'error' event from crashing the process.
+ */
+export function reportErrors(client: Redis, onError: (err: Error) => void): void {
+  let last: string | undefined
+  client.on('error', (err: Error) => {
+    if (err.message === last) return
+    last = err.message
+    onError(err)
+  })
+  client.on('ready', () => {
+    last = undefined
+  })
+}
+
+/** Reconnection settings of every jitgate connection (subscribers included). */
+export function reconnectOptions(timeoutMs: number) {
+  return {
+    // Connect explicitly, once the error handlers are attached.
+    lazyConnect: true,
+    // Keep reconnecting forever, at most a second apart, so the store heals without a restart.
+    retryStrategy: (attempt: number) => Math.min(attempt * 100, 1000),
+    // Only bounds a connection attempt that never completes (black-holed host); callers are
+    // bounded by their own deadline meanwhile.
+    connectTimeout: Math.max(timeoutMs, 1000),
+  } satisfies RedisOptions
+}
+
+export interface FailClosedRedisOptions {
+  readonly url: string
+  readonly timeoutMs: number
+  readonly onError: (err: Error) => void
+  /** Names the store in "closed" errors. */
+  readonly name: string
+  /** Errors of the caller's contract, passed through as they are. */
+  readonly passThrough: (err: unknown) => boolean
+  /** Batch concurrent commands into one write per tick (the grant store's hot path). */
+  readonly autoPipelining?: boolean
+  /** Defines Lua commands etc. before the connection opens. */
+  readonly setup?: (client: Redis) => void
+}
+
+export interface FailClosedRedis {
+  readonly client: Redis
+  /** Runs one operation under the deadline; see the module comment. */
+  op<T>(what: string, fn: () => Promise<T>): Promise<T>
+  readonly closed: boolean
+  /** Refuses further operations and quits the connection (bounded by the deadline). */
+  close(): Promise<void>
+}
+
+export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRedis {
+  const { timeoutMs } = opts
+  const client = new Redis(connectionTarget(opts.url), {
+    ...reconnectOptions(timeoutMs),
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    commandTimeout: timeoutMs,
+    ...(opts.autoPipelining ? { enableAutoPipelining: true } : {}),
+  })
+  opts.setup?.(client)
+  reportErrors(client, opts.onError)
+  // Rejects if the first attempt fails; the retry strategy carries on regardless.
+  client.connect().catch(() => {})
+
+  /**
+   * Resolves at the next 'ready'. Without an offline queue, a command sent while (re)connecting
+   * fails at once; waiting here (within the caller's deadline) instead lets the first requests
+   * after startup, or after a short blip, succeed. One shared promise, not a listener per caller.
+   */
+  let readyWaiter: Promise<void> | undefined
+  const nextReady = (): Promise<void> =>
+    (readyWaiter ??= new Promise<void>((resolve) => {
+      client.once('ready', () => {
+        readyWaiter = undefined
+        resolve()
+      })
+    }))
+
+  let closed = false
+  return {
+    client,
+    get closed() {
+      return closed
+    },
+    op<T>(what: string, fn: () => Promise<T>): Promise<T> {
+      if (closed) return Promise.reject(new StoreUnavailableError(`${opts.name} is closed`))
+      let timer: NodeJS.Timeout | undefined
+      const deadline = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)), timeoutMs)
+      })
+      // On the hot path (connection ready) the cost is one timer and one Promise.race.
+      const work = client.status === 'ready' ? fn() : nextReady().then(fn)
+      return Promise.race([work, deadline])
+        .catch((err: unknown) => {
+          if (err instanceof StoreUnavailableError || opts.passThrough(err)) throw err
+          throw new StoreUnavailableError(`redis ${what}: ${toError(err).message}`, { cause: err })
+        })
+        .finally(() => clearTimeout(timer))
+    },
+    async close() {
+      if (closed) return
+      closed = true
+      await quit(client, timeoutMs)
+    },
+  }
+}
+
+/** QUIT within the deadline, then drop the socket whatever happened. */
+export async function quit(client: Redis, timeoutMs: number): Promise<void> {
+  if (client.status === 'ready') {
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      client.quit().catch(() => {}),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs)
+      }),
+    ])
+    clearTimeout(timer)
+  }
+  client.disconnect()
+}
