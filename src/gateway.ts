@@ -204,7 +204,8 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
   const dataUrl = urlOf(dataPlane.server)
   const controlUrl = urlOf(control)
   audit.emit('policy.loaded', { policy_files: policy.files.map((f) => f.split('/').pop() as string) })
-  audit.emit('gateway.started', { store: store.kind, listen: { data: dataUrl, control: controlUrl }, schema_version: AUDIT_SCHEMA_VERSION })
+  // The SIEM gets the addresses actually bound (0.0.0.0 included), not the loopback URLs of the log.
+  audit.emit('gateway.started', { store: store.kind, listen: { data: boundAddress(dataPlane.server), control: boundAddress(control) }, schema_version: AUDIT_SCHEMA_VERSION })
   log.info({ data: dataUrl, control: controlUrl, store: store.kind, policy_version: policy.version, resources: [...policy.resources.keys()] }, 'jitgate listening')
 
   let stopping: Promise<void> | undefined
@@ -267,6 +268,13 @@ function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()))
 }
 
+/** `host:port` as bound, e.g. `0.0.0.0:8080` or `[::1]:8081`. */
+function boundAddress(server: Server): string {
+  const a = server.address() as AddressInfo
+  return formatListen({ host: a.address, port: a.port })
+}
+
+/** A URL to reach the listener from this machine (a wildcard address becomes loopback). */
 function urlOf(server: Server): string {
   const a = server.address() as AddressInfo
   const host = a.family === 'IPv6' ? `[${a.address}]` : a.address

@@ -110,3 +110,10 @@ t.test('without an admin token the API refuses a non-loopback listener', async (
   t.equal(res.status, 201, 'open on loopback')
   t.match(g.audit.find((e) => e.event === 'grant.issued'), { actor: 'local-operator' })
 })
+
+t.test('gateway.started records the addresses actually bound', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY, env: { JITGATE_DATA_LISTEN: '0.0.0.0:0' } })
+  const port = new URL(g.dataUrl).port
+  t.equal(new URL(g.dataUrl).hostname, '127.0.0.1', 'the URL to reach it is loopback')
+  t.match(g.audit.find((e) => e.event === 'gateway.started'), { listen: { data: `0.0.0.0:${port}`, control: new URL(g.controlUrl).host } })
+})
