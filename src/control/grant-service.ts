@@ -66,6 +66,37 @@ export function newGrantId(): string {
 
 export function createGrantService(deps: GrantServiceDeps): GrantService {
   const now = deps.now ?? Date.now
+
+  /**
+   * Stores a new grant, counts and audits it. False when a grant with this id exists already
+   * (an approved request's grant issued by another replica or an earlier try): nothing is done.
+   */
+  async function storeAndAudit(
+    grant: Grant,
+    ctx: { readonly requestId: string; readonly actor: string; readonly accessRequestId?: string },
+  ): Promise<boolean> {
+    try {
+      await deps.store.create(grant)
+    } catch (err) {
+      if (err instanceof GrantExistsError) return false
+      if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
+      throw err
+    }
+    deps.metrics.grantsIssued.inc()
+    deps.audit.emit('grant.issued', {
+      request_id: ctx.requestId,
+      ...(ctx.accessRequestId !== undefined ? { access_request_id: ctx.accessRequestId } : {}),
+      actor: ctx.actor,
+      subject: grant.subject,
+      grant_id: grant.id,
+      resource: grant.resource,
+      scopes: grant.scopes,
+      starts_at: new Date(grant.startsAt).toISOString(),
+      expires_at: new Date(grant.expiresAt).toISOString(),
+      ...(grant.reason !== undefined ? { reason: grant.reason } : {}),
+    })
+    return true
+  }
   return {
     async issue(input) {
       const policy = deps.policy()
@@ -107,49 +138,15 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
         policyVersion: policy.version,
       })
       const token = await deps.tokens().issue(grant)
-      try {
-        await deps.store.create(grant)
-      } catch (err) {
-        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-        throw err
+      // A fresh random id cannot collide; if it ever did, failing is right (never two grants, one id).
+      if (!(await storeAndAudit(grant, { requestId: input.requestId, actor: input.actor }))) {
+        throw new Error(`grant id ${grant.id} already exists`)
       }
-      deps.metrics.grantsIssued.inc()
-      deps.audit.emit('grant.issued', {
-        request_id: input.requestId,
-        actor: input.actor,
-        subject: grant.subject,
-        grant_id: grant.id,
-        resource: grant.resource,
-        scopes: grant.scopes,
-        starts_at: new Date(grant.startsAt).toISOString(),
-        expires_at: new Date(grant.expiresAt).toISOString(),
-        ...(input.reason !== undefined ? { reason: input.reason } : {}),
-      })
       return { grant, token }
     },
 
-    async issueApproved(grant, ctx) {
-      try {
-        await deps.store.create(grant)
-      } catch (err) {
-        if (err instanceof GrantExistsError) return false
-        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-        throw err
-      }
-      deps.metrics.grantsIssued.inc()
-      deps.audit.emit('grant.issued', {
-        request_id: ctx.requestId,
-        access_request_id: ctx.accessRequestId,
-        actor: ctx.actor,
-        subject: grant.subject,
-        grant_id: grant.id,
-        resource: grant.resource,
-        scopes: grant.scopes,
-        starts_at: new Date(grant.startsAt).toISOString(),
-        expires_at: new Date(grant.expiresAt).toISOString(),
-        ...(grant.reason !== undefined ? { reason: grant.reason } : {}),
-      })
-      return true
+    issueApproved(grant, ctx) {
+      return storeAndAudit(grant, ctx)
     },
 
     async extend(id, expiresAt, ctx) {
