@@ -9,7 +9,7 @@
  */
 import type { Writable } from 'node:stream'
 import { AUDIT_SCHEMA_VERSION, type AuditEventName, type AuditFields } from './catalogue.js'
-import { copyBounded, toLine } from './line.js'
+import { copyBounded, isoTime, toLine } from './line.js'
 import { checkpointStatement, genesisHash, lineHash, newChainId, type CheckpointSigner } from './chain.js'
 import type { SinkReporter } from './sinks/types.js'
 import { openSink, sinkNames, type AuditOutput, type SinkConfig } from './sinks/index.js'
@@ -134,7 +134,7 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
   }
 
   function emitNow(event: AuditEventName, fields: AuditFields): void {
-    write(event, fields, new Date(now()).toISOString())
+    write(event, fields, isoTime(now()))
     if (++sinceCheckpoint >= every) checkpoint(false)
   }
 
@@ -142,7 +142,7 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
   const every = cp?.everyEvents ?? DEFAULT_CHECKPOINT_EVERY
   function checkpoint(final: boolean): void {
     if (!cp) return
-    const time = new Date(now()).toISOString()
+    const time = isoTime(now())
     // The statement covers this checkpoint's own seq and prev_hash: those `write` is about to use.
     const claims = { chain, seq: seq + 1, prev_hash: prevHash, time, gateway_id: opts.gatewayId, final }
     const signature = cp.signer.sign(checkpointStatement(claims))

@@ -67,3 +67,22 @@ export function toLine(record: object): string {
   return UNSAFE.test(json) ? json.replace(UNSAFE_ALL, escapeChar) : json
 }
 
+
+/**
+ * `new Date(ms).toISOString()`, for the `time` of every event: the text up to the second is kept
+ * from the previous call, so an event in the same second costs a string append, not a Date.
+ */
+export function isoTime(ms: number): string {
+  const second = Math.floor(ms / 1000)
+  if (second !== lastSecond) {
+    // Outside years 0000-9999 ISO strings change shape; those never share a cache entry.
+    if (!(ms >= 0 && ms < 253402300800000)) return new Date(ms).toISOString()
+    lastSecond = second
+    secondPrefix = new Date(second * 1000).toISOString().slice(0, 20)
+  }
+  const milli = Math.floor(ms - second * 1000)
+  return `${secondPrefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${milli}Z`
+}
+
+let lastSecond = Number.NaN
+let secondPrefix = ''

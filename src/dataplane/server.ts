@@ -43,8 +43,8 @@ export interface DataPlane {
 export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const { decider, forwarder, audit, metrics, log } = deps
   const countRequest = metrics.countRequest
-  const observeDecision = (decision: 'allow' | 'deny', started: number): void =>
-    metrics.decisionSeconds.observe({ decision }, (performance.now() - started) / 1000)
+  const decisionSeconds = { allow: metrics.decisionSeconds.child('allow'), deny: metrics.decisionSeconds.child('deny') }
+  const observeDecision = (decision: 'allow' | 'deny', started: number): void => decisionSeconds[decision].observe((performance.now() - started) / 1000)
   // A handler counts as in flight until its audit event is written (not merely until the response
   // closes): graceful shutdown waits on these so no decision's event is lost or written late.
   const handlers = new Set<Promise<void>>()
@@ -113,7 +113,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
     const outcome = await forwarder.forward(req, res, targetFor(req, d, requestId, false))
-    metrics.upstreamSeconds.observe({ resource: d.resource.id }, outcome.upstreamMs / 1000)
+    metrics.upstreamSeconds.observe(d.resource.id, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
     let status: number
     if (outcome.ok) {

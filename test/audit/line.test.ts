@@ -1,6 +1,6 @@
 /** One event, one line: escaping and bounding rules of `line.ts`, value by value. */
 import t from 'tap'
-import { bounded, copyBounded, toLine, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
+import { bounded, copyBounded, isoTime, toLine, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
 
 t.test('every character a reader could take as a break or a control is escaped, the value unchanged', async (t) => {
   const nasty = [
@@ -54,4 +54,15 @@ t.test('copyBounded bounds strings at any depth, keeps lists short and drops und
   t.equal(scopes.at(-1), TRUNCATION_MARK)
   t.equal(scopes[0], bounded(long))
   t.same(out.listen, { data: bounded(long) })
+})
+
+t.test('isoTime spells every instant exactly as Date#toISOString, across seconds and out-of-range years', async (t) => {
+  const base = Date.UTC(2026, 11, 3, 23, 59, 58, 990)
+  const instants = [0, 1, 9, 10, 99, 100, 999, 1000, 1001, base, base + 9, base + 10, base + 1010, base + 2000, Date.UTC(9999, 11, 31, 23, 59, 59, 999)]
+  for (let i = 0; i < 2000; i++) instants.push(base + i * 7)
+  for (const ms of instants) t.equal(isoTime(ms), new Date(ms).toISOString(), `${ms}`)
+  // Going back in time (a clock step) is as exact as going forward.
+  t.equal(isoTime(base - 5000), new Date(base - 5000).toISOString())
+  t.equal(isoTime(base + 0.7), new Date(base).toISOString(), 'fractions of a millisecond are cut, as Date does')
+  for (const ms of [-1, -1000, Date.UTC(10000, 0, 1), Date.UTC(-1, 0, 1)]) t.equal(isoTime(ms), new Date(ms).toISOString(), `${ms}`)
 })

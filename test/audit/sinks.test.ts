@@ -104,6 +104,22 @@ t.test('file sink: rotation by size keeps every line, in order, verifiable acros
   t.equal(readdirSync(kept).filter((f) => f !== 'a.log').length, 2, 'keep: 2 leaves the two newest rotated files')
 })
 
+t.test('file sink: lines are written in batches, in order, and a lone line still reaches the file without a flush', async (t) => {
+  const dir = tmp('batch')
+  const path = join(dir, 'audit.log')
+  const log = createAuditLog({ sinks: [{ type: 'file', path }], gatewayId: 'gw', policyVersion: () => 'v' })
+  // Well past one batch (64 Ki characters) in one synchronous burst.
+  emitMany(log, 2000)
+  await log.flush()
+  const seqs = () => readFileSync(path, 'utf8').split('\n').slice(0, -1).map((l) => (JSON.parse(l) as { seq: number }).seq)
+  t.same(seqs(), Array.from({ length: 2000 }, (_, i) => i + 1), 'after flush: every line once, in order')
+  emitMany(log, 1, 2000)
+  await waitFor(() => seqs().length === 2001)
+  t.pass('the timer wrote the lone line')
+  await log.close()
+  t.ok((await verifyAuditFiles([path], { partial: true })).ok, 'the chain verifies')
+})
+
 t.test('file sink: rotation by time', async (t) => {
   const dir = tmp('rotate-time')
   const path = join(dir, 'audit.log')

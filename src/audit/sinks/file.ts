@@ -7,7 +7,7 @@
 import { readdir, rename, unlink } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { AuditSink, SinkReporter } from './types.js'
-import { DEFAULT_BUFFER_BYTES, flushBoom, openBoom } from './local.js'
+import { DEFAULT_BUFFER_BYTES, openBoom } from './local.js'
 
 export interface RotateOptions {
   /** Rotate once the file reaches this size. */
@@ -34,7 +34,7 @@ export function rotatedName(path: string, at: number): string {
 export function createFileSink(opts: FileSinkOptions, reporter: SinkReporter): AuditSink {
   const now = opts.now ?? Date.now
   const maxBuffer = opts.maxBufferBytes ?? DEFAULT_BUFFER_BYTES
-  const boom = openBoom(opts.path, maxBuffer, reporter)
+  const out = openBoom(opts.path, maxBuffer, reporter)
   const rotate = opts.rotate
   /** Bytes handed to the current file. */
   let size = 0
@@ -71,7 +71,7 @@ export function createFileSink(opts: FileSinkOptions, reporter: SinkReporter): A
       return
     }
     size += bytes
-    boom.write(text)
+    out.write(text)
   }
 
   /**
@@ -81,9 +81,9 @@ export function createFileSink(opts: FileSinkOptions, reporter: SinkReporter): A
    */
   async function rotateNow(at: number): Promise<void> {
     try {
-      await flushBoom(boom)
+      await out.flush()
       await rename(opts.path, rotatedName(opts.path, at))
-      boom.reopen()
+      out.reopen()
       if (rotate && rotate.keep > 0) await prune(rotate.keep)
     } catch (err) {
       reporter.onError(err as Error)
@@ -107,7 +107,7 @@ export function createFileSink(opts: FileSinkOptions, reporter: SinkReporter): A
       await r
       if (r === rotating && held === undefined) break
     }
-    await flushBoom(boom)
+    await out.flush()
   }
 
   return {
@@ -120,10 +120,7 @@ export function createFileSink(opts: FileSinkOptions, reporter: SinkReporter): A
     async close() {
       closed = true
       await settled()
-      await new Promise<void>((resolve) => {
-        boom.once('close', () => resolve())
-        boom.end()
-      })
+      await out.end()
     },
   }
 }
