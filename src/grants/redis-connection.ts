@@ -61,8 +61,6 @@ export interface FailClosedRedisOptions {
   readonly name: string
   /** Errors of the caller's contract, passed through as they are. */
   readonly passThrough: (err: unknown) => boolean
-  /** Batch concurrent commands into one write per tick (the grant store's hot path). */
-  readonly autoPipelining?: boolean
   /** Defines Lua commands etc. before the connection opens. */
   readonly setup?: (client: Redis) => void
 }
@@ -84,7 +82,6 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
     commandTimeout: timeoutMs,
-    ...(opts.autoPipelining ? { enableAutoPipelining: true } : {}),
   })
   opts.setup?.(client)
   reportErrors(client, opts.onError)
@@ -105,6 +102,7 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
       })
     }))
 
+  const deadlines = new Deadlines(timeoutMs)
   let closed = false
   return {
     client,
@@ -113,24 +111,101 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
     },
     op<T>(what: string, fn: () => Promise<T>): Promise<T> {
       if (closed) return Promise.reject(new StoreUnavailableError(`${opts.name} is closed`))
-      let timer: NodeJS.Timeout | undefined
-      const deadline = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)), timeoutMs)
+      return new Promise<T>((resolve, reject) => {
+        // On the hot path (connection ready) the cost is one queue entry: no timer of its own.
+        const deadline = deadlines.add(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)))
+        let work: Promise<T>
+        try {
+          work = client.status === 'ready' ? fn() : nextReady().then(fn)
+        } catch (err) {
+          work = Promise.reject(err)
+        }
+        work.then(
+          (value) => {
+            if (deadlines.settle(deadline)) resolve(value)
+          },
+          (err: unknown) => {
+            if (!deadlines.settle(deadline)) return
+            if (err instanceof StoreUnavailableError || opts.passThrough(err)) reject(err)
+            else reject(new StoreUnavailableError(`redis ${what}: ${toError(err).message}`, { cause: err }))
+          },
+        )
       })
-      // On the hot path (connection ready) the cost is one timer and one Promise.race.
-      const work = client.status === 'ready' ? fn() : nextReady().then(fn)
-      return Promise.race([work, deadline])
-        .catch((err: unknown) => {
-          if (err instanceof StoreUnavailableError || opts.passThrough(err)) throw err
-          throw new StoreUnavailableError(`redis ${what}: ${toError(err).message}`, { cause: err })
-        })
-        .finally(() => clearTimeout(timer))
     },
     async close() {
       if (closed) return
       closed = true
       await quit(client, timeoutMs)
     },
+  }
+}
+
+interface Deadline {
+  readonly at: number
+  readonly expire: () => void
+  settled: boolean
+}
+
+/**
+ * The deadlines of every operation on one connection, under one timer. Each is now + timeoutMs,
+ * so they fall due in the order they were set: a FIFO queue with a timer armed for its oldest
+ * unsettled entry replaces a timer per operation (measured: the deadline was a large part of
+ * a grant lookup's cost). Settled entries are only marked and skipped when the timer comes by.
+ */
+export class Deadlines {
+  private queue: Deadline[] = []
+  private head = 0
+  private timer: NodeJS.Timeout | undefined
+
+  constructor(private readonly timeoutMs: number) {}
+
+  /** Calls `expire` after timeoutMs unless settle() came first. */
+  add(expire: () => void): Deadline {
+    const entry: Deadline = { at: performance.now() + this.timeoutMs, expire, settled: false }
+    this.queue.push(entry)
+    if (this.timer === undefined) this.arm(this.timeoutMs)
+    return entry
+  }
+
+  /** True the first time, if the deadline had not expired yet: the caller then owns the outcome. */
+  settle(entry: Deadline): boolean {
+    if (entry.settled) return false
+    entry.settled = true
+    return true
+  }
+
+  /** Entries waiting (settled ones included until the timer passes them). */
+  get size(): number {
+    return this.queue.length - this.head
+  }
+
+  private arm(ms: number): void {
+    this.timer = setTimeout(this.fire, Math.max(0, ms))
+  }
+
+  private readonly fire = (): void => {
+    this.timer = undefined
+    const now = performance.now()
+    const queue = this.queue
+    while (this.head < queue.length) {
+      const entry = queue[this.head] as Deadline
+      if (!entry.settled) {
+        if (entry.at > now) break
+        entry.settled = true
+        entry.expire()
+      }
+      this.head++
+    }
+    if (this.head === queue.length) {
+      this.queue = []
+      this.head = 0
+      return
+    }
+    if (this.head > 1024 && this.head * 2 > queue.length) {
+      this.queue = queue.slice(this.head)
+      this.head = 0
+    }
+    this.arm((this.queue[this.head] as Deadline).at - now)
   }
 }
 

@@ -123,6 +123,35 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       t.strictSame(await store.get('no-such-grant'), { status: 'not_found' })
     })
 
+    t.test('many lookups at once, of the same and of different grants, each get their own answer', async (t) => {
+      const store = await open(t)
+      const grants = [makeGrant(), makeGrant(), makeGrant()]
+      for (const g of grants) await store.create(g)
+      await store.revoke((grants[2] as Grant).id, 'bob', 'done')
+      const ids = [...grants.map((g) => g.id), 'no-such-grant']
+      const asked = Array.from({ length: 40 }, (_, i) => ids[i % ids.length] as string)
+      const answers = await Promise.all(asked.map((id) => store.get(id)))
+      answers.forEach((a, i) => {
+        const id = asked[i] as string
+        const want = id === 'no-such-grant' ? 'not_found' : id === (grants[2] as Grant).id ? 'revoked' : 'active'
+        t.equal(a.status, want, `lookup ${i} of ${id}`)
+        if (a.status === 'active') t.equal(a.grant.id, id)
+        if (a.status === 'revoked') t.equal(a.revocation.id, id)
+      })
+    })
+
+    t.test('a lookup asked for after a revoke completed sees it, even while earlier lookups are in flight', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      const before = store.get(grant.id)
+      const revoked = store.revoke(grant.id, 'bob', 'now')
+      const during = store.get(grant.id)
+      await revoked
+      t.equal((await store.get(grant.id)).status, 'revoked', 'asked after the revoke answered: revoked')
+      t.ok(['active', 'revoked'].includes((await before).status) && ['active', 'revoked'].includes((await during).status), 'asked before: either answer')
+    })
+
     t.test('a duplicate id is refused and the original kept', async (t) => {
       const store = await open(t)
       const grant = makeGrant()

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import { createRedisGrantStore } from '../../src/grants/redis-store.js'
-import { StoreUnavailableError, type GrantStore, type RedisGrantStoreOptions } from '../../src/grants/types.js'
+import { StoreUnavailableError, type Grant, type GrantStore, type RedisGrantStoreOptions } from '../../src/grants/types.js'
 import { startRedis } from '../helpers/redis-server.js'
 import {
   eventually,
@@ -85,6 +85,22 @@ t.test('two replicas on one Redis see the same grants and events', async (t) => 
   t.strictSame(await eventsB.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation }, 'B is told')
   t.strictSame(await eventsA.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation }, 'A is told too')
   t.equal(await b.revoke(grant.id, 'carol', 'y'), null, 'B cannot revoke it again')
+})
+
+t.test('lookups asked for in one event-loop turn share one MGET per grant, sent after they were asked', async (t) => {
+  const store = open(t)
+  const raw = rawClient(t)
+  const grants = [makeGrant(), makeGrant(), makeGrant()]
+  for (const g of grants) await store.create(g)
+  const mgets = async (): Promise<number> => Number(/cmdstat_mget:calls=(\d+)/.exec(await raw.info('commandstats'))?.[1] ?? 0)
+  const before = await mgets()
+  const answers = await Promise.all(Array.from({ length: 30 }, (_, i) => store.get((grants[i % 3] as Grant).id)))
+  t.ok(answers.every((a) => a.status === 'active'))
+  t.equal((await mgets()) - before, 3, '30 lookups of 3 grants in one turn: 3 MGETs')
+  // The next turn asks Redis again: nothing is reused from an earlier turn.
+  await store.get((grants[0] as Grant).id)
+  await store.get((grants[0] as Grant).id)
+  t.equal((await mgets()) - before, 5, 'one MGET per later turn')
 })
 
 t.test('keys: prefix, per-grant hash tag, TTLs that end with the grant', async (t) => {
