@@ -60,8 +60,31 @@ export interface ConsoleApiClient {
   revokeGrant(grant: Pick<ActiveGrant, 'grant_id' | 'request_id'>, input?: { reason?: string; totp?: string }): Promise<void>
 }
 
+/** Exactly what the client passes to fetch: the tests record it. */
+export interface ConsoleFetchInit {
+  readonly method: string
+  readonly headers: Record<string, string>
+  readonly body?: string
+  readonly cache: 'no-store'
+  readonly credentials: 'omit'
+  readonly redirect: 'error'
+  readonly referrerPolicy: 'no-referrer'
+}
+
+/** The part of a fetch Response the client reads. */
+export interface ConsoleFetchAnswer {
+  readonly status: number
+  readonly ok: boolean
+  readonly headers: { get(name: string): string | null }
+  text(): Promise<string>
+}
+
+export type ConsoleFetch = (url: string, init: ConsoleFetchInit) => Promise<ConsoleFetchAnswer>
+
 export declare function createApiClient(options: {
   credential: ConsoleCredential
-  fetch?: (url: string, init: RequestInit) => Promise<Response>
+  /** Default: the global fetch. */
+  fetch?: ConsoleFetch
+  /** Default '' (the page's origin); the control plane's URL under Node. */
   baseUrl?: string
 }): ConsoleApiClient

@@ -176,7 +176,7 @@ export function createApiClient(options) {
       throw new ConsoleApiError({ status: res.status, code: 'bad_response', message: `HTTP ${res.status} without an API error body.` })
     }
     if (res.status === 204) return undefined
-    if (json === null || typeof json !== 'object') throw new ConsoleApiError({ status: res.status, code: 'bad_response', message: 'The answer is not a JSON object.' })
+    if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new ConsoleApiError({ status: res.status, code: 'bad_response', message: 'The answer is not a JSON object.' })
     return json
   }
 
