@@ -1,57 +1,13 @@
 /**
  * The console's views (src/console/static/views.js, as the browser runs it) on a small stand-in
- * for the DOM that has no HTML parser at all: values a requester controls come out as text nodes,
+ * for the DOM that has no HTML parser at all (fake-dom.ts): values a requester controls come out as text nodes,
  * every element is one the view chose, and the formatters say what approvers read.
  */
 import t, { type Test } from 'tap'
+import { FakeDocument, type FakeElement } from './fake-dom.js'
 import { el, errorView, formatAge, formatDuration, formatProgress, formatRemaining, grantsTable, pendingTable, requestDetail, type ViewDocument } from '../../src/console/static/views.js'
 
-class FakeText {
-  constructor(readonly data: string) {}
-  get textContent(): string {
-    return this.data
-  }
-}
-
-class FakeElement {
-  readonly children: (FakeElement | FakeText)[] = []
-  readonly attributes = new Map<string, string>()
-  readonly listeners = new Map<string, (() => void)[]>()
-  constructor(readonly tagName: string) {}
-  setAttribute(name: string, value: string): void {
-    this.attributes.set(name, value)
-  }
-  append(...nodes: unknown[]): void {
-    for (const n of nodes) {
-      if (!(n instanceof FakeElement || n instanceof FakeText)) throw new Error(`append: not a node: ${String(n)}`)
-      this.children.push(n)
-    }
-  }
-  addEventListener(type: string, fn: () => void): void {
-    this.listeners.set(type, [...(this.listeners.get(type) ?? []), fn])
-  }
-  click(): void {
-    for (const fn of this.listeners.get('click') ?? []) fn()
-  }
-  get textContent(): string {
-    return this.children.map((c) => c.textContent).join('')
-  }
-  set innerHTML(_: string) {
-    throw new Error('innerHTML must never be used')
-  }
-  /** Every element below (and including) this one. */
-  all(): FakeElement[] {
-    return [this, ...this.children.flatMap((c) => (c instanceof FakeElement ? c.all() : []))]
-  }
-  texts(): string[] {
-    return this.children.flatMap((c) => (c instanceof FakeElement ? c.texts() : [c.data]))
-  }
-}
-
-const doc = {
-  createElement: (tag: string) => new FakeElement(tag),
-  createTextNode: (text: string) => new FakeText(text),
-} satisfies ViewDocument
+const doc = new FakeDocument('') satisfies ViewDocument
 
 const HOSTILE = `<img src=x onerror="alert(1)"></td><script>alert(2)</script>`
 const NOW = Date.parse('2026-12-03T12:00:00Z')
