@@ -15,6 +15,7 @@ import type { GrantService } from './grant-service.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendError, sendJson } from './errors.js'
 import { parseDuration } from '../util/duration.js'
 import { ID_PATTERN } from '../policy/schema.js'
+import { serveConsole } from '../console/site.js'
 
 export interface ControlPlaneDeps {
   readonly store: GrantStore
@@ -83,6 +84,8 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     const path = url.pathname
     const method = req.method ?? 'GET'
 
+    // The approvers' web console: static files under /console/, which call the API below.
+    if (serveConsole(req, res, path)) return
     if (path === '/healthz') return only(method, ['GET', 'HEAD'], () => sendJson(res, 200, { status: 'ok' }))
     if (path === '/readyz') return only(method, ['GET', 'HEAD'], () => readyz(res))
     if (path === '/metrics') {

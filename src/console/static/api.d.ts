@@ -1,0 +1,90 @@
+/** Types of api.js for the TypeScript side (tests); api.js is the implementation the browser runs. */
+
+export type ConsoleCredential =
+  | { readonly kind: 'oidc'; readonly idToken: string }
+  | { readonly kind: 'local'; readonly approver: string; readonly operatorToken?: string }
+
+export declare class ConsoleApiError extends Error {
+  constructor(e: { status: number; code: string; message: string; requestId?: string; details?: string[] })
+  readonly status: number
+  readonly code: string
+  readonly requestId: string | undefined
+  readonly details: readonly string[]
+}
+
+/** A request as the API shows it (src/control/requests-api.ts, requestView). */
+export interface RequestView {
+  readonly id: string
+  readonly kind: 'access' | 'extension' | 'break_glass'
+  readonly status: string
+  readonly subject: string
+  readonly resource: string
+  readonly scopes: readonly string[]
+  readonly duration_s: number
+  readonly reason: string
+  readonly ticket?: string
+  readonly stages: readonly { readonly group: string; readonly approvals_required: number; readonly approvals: readonly { readonly approver: string; readonly at: string; readonly comment?: string }[] }[]
+  readonly created_at: string
+  readonly expires_at: string
+  readonly decided_at?: string
+  readonly decided_by?: string
+  readonly grant_id: string
+  readonly grant?: { readonly id: string; readonly status: string; readonly starts_at?: string; readonly expires_at?: string }
+  readonly [field: string]: unknown
+}
+
+export interface ActiveGrant {
+  readonly grant_id: string
+  readonly request_id: string
+  readonly kind: string
+  readonly subject: string
+  readonly resource: string
+  readonly scopes: readonly string[]
+  readonly reason: string
+  readonly ticket?: string
+  readonly decided_by: string
+  readonly starts_at: string
+  readonly expires_at: string
+}
+
+export interface ConsoleApiClient {
+  readonly needsTotp: boolean
+  readonly identity: { readonly kind: 'oidc' | 'local'; readonly name: string; readonly expiresAt?: number }
+  serverNow(): number
+  listRequests(status: string): Promise<RequestView[]>
+  listPending(): Promise<RequestView[]>
+  getRequest(id: string): Promise<RequestView>
+  approve(id: string, input?: { comment?: string; totp?: string }): Promise<RequestView>
+  deny(id: string, input?: { comment?: string; totp?: string }): Promise<RequestView>
+  listActiveGrants(): Promise<ActiveGrant[]>
+  revokeGrant(grant: Pick<ActiveGrant, 'grant_id' | 'request_id'>, input?: { reason?: string; totp?: string }): Promise<void>
+}
+
+/** Exactly what the client passes to fetch: the tests record it. */
+export interface ConsoleFetchInit {
+  readonly method: string
+  readonly headers: Record<string, string>
+  readonly body?: string
+  readonly cache: 'no-store'
+  readonly credentials: 'omit'
+  readonly redirect: 'error'
+  readonly referrerPolicy: 'no-referrer'
+}
+
+/** The part of a fetch Response the client reads. */
+export interface ConsoleFetchAnswer {
+  readonly status: number
+  readonly ok: boolean
+  readonly headers: { get(name: string): string | null }
+  text(): Promise<string>
+}
+
+export type ConsoleFetch = (url: string, init: ConsoleFetchInit) => Promise<ConsoleFetchAnswer>
+
+export declare function createApiClient(options: {
+  credential: ConsoleCredential
+  /** Default: the global fetch. */
+  fetch?: ConsoleFetch
+  /** Default '' (the page's origin); the control plane's URL under Node. */
+  baseUrl?: string
+}): ConsoleApiClient
