@@ -6,6 +6,7 @@ import type { ServerResponse } from 'node:http'
 
 export const API_ERRORS = Object.freeze({
   unauthorized: { status: 401, message: 'A valid operator bearer token is required.' },
+  host_not_allowed: { status: 403, message: 'Without an operator token the control plane answers only to loopback host names (localhost, 127.0.0.1, [::1]).' },
   not_found: { status: 404, message: 'No such endpoint.' },
   method_not_allowed: { status: 405, message: 'Method not allowed on this endpoint.' },
   invalid_request: { status: 400, message: 'The request body is invalid.' },

@@ -84,6 +84,11 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     const path = url.pathname
     const method = req.method ?? 'GET'
 
+    // Without an operator token the API is open to whatever reaches the loopback listener, and a
+    // web page can reach it too by DNS rebinding (its own name made to resolve to 127.0.0.1): its
+    // calls then carry its own name as Host. Only loopback names are answered in that mode.
+    if (adminDigest === undefined && !isLoopbackHost(req.headers.host)) throw new ApiError('host_not_allowed')
+
     // The approvers' web console: static files under /console/, which call the API below.
     if (serveConsole(req, res, path)) return
     if (path === '/healthz') return only(method, ['GET', 'HEAD'], () => sendJson(res, 200, { status: 'ok' }))
@@ -333,4 +338,17 @@ export function parseTtl(v: unknown): number | undefined {
 
 function sha256(s: string): Buffer {
   return createHash('sha256').update(s).digest()
+}
+
+/**
+ * A Host header naming this machine's loopback: `localhost` (and `*.localhost`, RFC 6761),
+ * 127.0.0.0/8 or `[::1]`, with any port. No Host at all (HTTP/1.0) is no browser's request.
+ */
+export function isLoopbackHost(host: string | undefined): boolean {
+  if (host === undefined || host === '') return true
+  const m = /^(\[[^\]]*\]|[^:]*)(?::\d{1,5})?$/.exec(host.toLowerCase())
+  const name = m?.[1]
+  if (name === undefined) return false
+  if (name === '[::1]' || name === 'localhost' || name.endsWith('.localhost')) return true
+  return /^127\.(?:\d{1,3})\.(?:\d{1,3})\.(?:\d{1,3})$/.test(name) && name.split('.').every((o) => Number(o) <= 255)
 }

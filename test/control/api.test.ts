@@ -111,6 +111,25 @@ t.test('without an admin token the API refuses a non-loopback listener', async (
   t.match(g.audit.find((e) => e.event === 'grant.issued'), { actor: 'local-operator' })
 })
 
+t.test('without an admin token, only loopback Host names are answered (DNS rebinding)', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY, env: { JITGATE_ADMIN_TOKEN: '' } })
+  const port = new URL(g.controlUrl).port
+  const asHost = (host: string) => request(`${g.controlUrl}/v1/grants`, { headers: { host } }).then(async (r) => ({ status: r.statusCode, json: (await r.body.json()) as any }))
+  for (const host of ['rebind.attacker.example', `rebind.attacker.example:${port}`, 'localhost.attacker.example', '127.0.0.1.nip.io', '127.1', '0.0.0.0', '10.0.0.1']) {
+    const res = await asHost(host)
+    t.match(res, { status: 403, json: { error: { code: 'host_not_allowed' } } }, host)
+  }
+  for (const host of ['localhost', `localhost:${port}`, `127.0.0.1:${port}`, '127.8.9.10', `[::1]:${port}`, 'console.localhost']) {
+    t.equal((await asHost(host)).status, 200, host)
+  }
+  t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === 'host_not_allowed'), 'the refusal is audited')
+
+  const withToken = await startTestGateway(t, { policy: POLICY })
+  const res = await request(`${withToken.controlUrl}/v1/grants`, { headers: { host: 'gateway.internal.example', authorization: `Bearer ${ADMIN_TOKEN}` } })
+  await res.body.dump()
+  t.equal(res.statusCode, 200, 'with an operator token any Host is fine: the token is the guard')
+})
+
 t.test('gateway.started records the addresses actually bound', async (t) => {
   const g = await startTestGateway(t, { policy: POLICY, env: { JITGATE_DATA_LISTEN: '0.0.0.0:0' } })
   const port = new URL(g.dataUrl).port
