@@ -54,7 +54,8 @@ export function createFileSink(opts: FileSinkOptions, reporter: SinkReporter): A
   }
 
   function writeLine(text: string): void {
-    const bytes = Buffer.byteLength(text)
+    // Bytes only count toward a size bound (and the held lines' bound during a rotation).
+    const bytes = rotate ? Buffer.byteLength(text) : text.length
     if (held) {
       if (heldBytes + bytes > maxBuffer) return reporter.onDrop(1)
       held.push(text)
