@@ -7,7 +7,7 @@ import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadPolicy } from '../policy/policy.js'
 import { SourceError, formatIssues } from '../config/yaml-source.js'
-import { parseDuration } from '../util/duration.js'
+import { isBareNumber, noUnitMessage, parseDuration } from '../util/duration.js'
 import { formatResults, loadFixtures, parseInstant, runPolicyTests } from '../policy/tools/policy-test.js'
 import { explainCall, explainRequest } from '../policy/tools/explain.js'
 import { affectedGrants, diffPolicies, formatDiff, type LiveGrant } from '../policy/tools/diff.js'
@@ -107,8 +107,9 @@ jitgate policy explain --request --subject ID --resource ID --scope "METHODS PAT
         let lines: string[]
         if (v.request) {
           need('resource', 'duration')
+          if (isBareNumber(v.duration)) throw h.usage(noUnitMessage('--duration', v.duration))
           const durationMs = parseDuration(v.duration as string)
-          if (durationMs === undefined) throw h.usage('--duration: expected a duration such as 30m or 2h')
+          if (durationMs === undefined) throw h.usage('--duration: expected a duration with a unit, such as 30m or 2h')
           lines = await explainRequest(policy, {
             subject,
             resource: v.resource as string,

@@ -31,7 +31,7 @@ export interface TestGateway {
   auditText(): string
   /** The first audit event (so far or to come) matching `pred`; rejects after `withinMs`. */
   waitForEvent(pred: (e: AuditRecord) => boolean, withinMs?: number): Promise<AuditRecord>
-  issue(body: { subject?: string; resource: string; scopes: string[]; ttl: string | number; reason?: string }): Promise<IssuedGrant>
+  issue(body: { subject?: string; resource: string; scopes: string[]; ttl: string; reason?: string }): Promise<IssuedGrant>
   revoke(id: string, reason?: string): Promise<number>
   stop(): Promise<void>
 }
