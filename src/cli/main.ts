@@ -167,6 +167,7 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
 
   FILE...            native JSON audit files, oldest first (rotated files, then the current one)
   --jwks FILE|URL    public keys: a JWKS file, or the control plane's /.well-known/jwks.json
+                     (a file holding a private key, JWK or PEM, is refused)
   --skip-signatures  check the hash chains only (anyone can recompute those)
   --partial          accept chains that start after seq 1 or lack their final checkpoint
                      (older files not given; a running or crashed gateway)
