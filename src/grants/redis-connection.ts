@@ -114,11 +114,23 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
     op<T>(what: string, fn: () => Promise<T>): Promise<T> {
       if (closed) return Promise.reject(new StoreUnavailableError(`${opts.name} is closed`))
       let timer: NodeJS.Timeout | undefined
+      let late = false
       const deadline = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)), timeoutMs)
+        timer = setTimeout(() => {
+          late = true
+          reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`))
+        }, timeoutMs)
       })
-      // On the hot path (connection ready) the cost is one timer and one Promise.race.
-      const work = client.status === 'ready' ? fn() : nextReady().then(fn)
+      // On the hot path (connection ready) the cost is one timer and one Promise.race. Waiting for
+      // the connection, the operation is sent only if its caller is still waiting: one the caller
+      // was told had failed must not run behind its back once Redis is reachable again.
+      const work =
+        client.status === 'ready'
+          ? fn()
+          : nextReady().then(() => {
+              if (late) throw new StoreUnavailableError(`redis ${what}: gave up before the connection was ready`)
+              return fn()
+            })
       return Promise.race([work, deadline])
         .catch((err: unknown) => {
           if (err instanceof StoreUnavailableError || opts.passThrough(err)) throw err

@@ -165,6 +165,20 @@ t.test('Redis killed: every operation fails closed and fast, then recovers on re
   }
 })
 
+t.test('a write refused while Redis was down never happens later, once Redis is back', async (t) => {
+  const store = open(t, { timeoutMs: TIMEOUT_MS })
+  await store.ping()
+  await redis.stop()
+  const grant = makeGrant()
+  // The API answers 503 "nothing was changed" for this: it must stay true.
+  await failsFast(t, 'create', () => store.create(grant), BOUND_MS)
+  await redis.start()
+  await eventually(() => store.ping())
+  // The store reconnected: an operation still queued for its connection would have run by now.
+  t.strictSame(await store.get(grant.id), { status: 'not_found' }, 'the refused create did not happen')
+  t.strictSame(await store.list(), [])
+})
+
 t.test('Redis hung (SIGSTOP): reads fail within the deadline, then work after SIGCONT', async (t) => {
   const store = open(t, { timeoutMs: TIMEOUT_MS })
   const grant = makeGrant()
