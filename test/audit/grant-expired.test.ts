@@ -29,14 +29,15 @@ function allValid(t: Test, ...gateways: TestGateway[]): void {
 
 t.test('memory store: one grant.expired per expired grant, none when revoked, the new expiry when extended', async (t) => {
   const g = await startTestGateway(t, { policy: POLICY, config: CONFIG })
+  // Expiries are whole seconds, so a `3s` grant has at least 2 s left: time to revoke or extend it.
   const plain = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '1s', reason: 'SUP-1' })
-  const revoked = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '1s' })
-  const extended = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '1s' })
+  const revoked = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '3s' })
+  const extended = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '3s' })
   t.equal(await g.revoke(revoked.id, 'done early'), 204)
   const newExpiry = Date.parse(extended.expires_at) + 2000
   t.equal((await g.gw.store.extend(extended.id, newExpiry))?.expiresAt, newExpiry)
   // Expires after the revoked grant would have: once it is reported, a sweep has covered that time.
-  const later = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '2s' })
+  const later = await g.issue({ resource: 'api', scopes: SCOPES, ttl: '4s' })
 
   const e = await g.waitForEvent(expiredOf(plain.id))
   t.match(e, {
@@ -94,12 +95,12 @@ t.test('Redis: two replicas write exactly one grant.expired per expired grant, t
   }
 
   const plain = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).issue({ resource: 'api', scopes: SCOPES, ttl: '1s' })))
-  const revoked = await a.issue({ resource: 'api', scopes: SCOPES, ttl: '1s' })
+  const revoked = await a.issue({ resource: 'api', scopes: SCOPES, ttl: '3s' })
   t.equal(await b.revoke(revoked.id), 204, 'revoked through the other replica')
-  const extended = await b.issue({ resource: 'api', scopes: SCOPES, ttl: '1s' })
+  const extended = await b.issue({ resource: 'api', scopes: SCOPES, ttl: '3s' })
   const newExpiry = Date.parse(extended.expires_at) + 2000
   t.equal((await a.gw.store.extend(extended.id, newExpiry))?.expiresAt, newExpiry)
-  const later = await a.issue({ resource: 'api', scopes: SCOPES, ttl: '2s' })
+  const later = await a.issue({ resource: 'api', scopes: SCOPES, ttl: '4s' })
 
   for (const g of [...plain, later]) {
     const e = await waitBoth(expiredOf(g.id))
@@ -111,7 +112,7 @@ t.test('Redis: two replicas write exactly one grant.expired per expired grant, t
   t.ok(Date.parse(x.time as string) >= newExpiry, 'the extended grant at its new expiry')
 
   // Redis hangs across an expiry: the sweeps fail meanwhile; the event comes once Redis is back.
-  const during = await b.issue({ resource: 'api', scopes: SCOPES, ttl: '2s' })
+  const during = await b.issue({ resource: 'api', scopes: SCOPES, ttl: '3s' })
   redis.pause()
   const pausedAt = Date.now()
   t.teardown(() => redis.resume())
