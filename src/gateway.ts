@@ -153,6 +153,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
   })
   const grants = createGrantService({ store, policy: getPolicy, tokens: () => issuer, audit, metrics })
   const workflow = startWorkflow({ config, grantStore: store, grants, policy: getPolicy, tokens: () => issuer, audit, metrics, log })
+  const expiries = startExpirySweep(grants, config.store.expirySweepMs, rateLimited((err: Error) => log.warn({ err: err.message }, 'grant expiry sweep failed'), 5000))
 
   // Revocations from any replica close this replica's open WebSockets of that grant; extensions
   // move their cut-off.
@@ -198,6 +199,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     dataPlane.server.close()
     control.close()
     unsubscribe()
+    await expiries.stop()
     await Promise.allSettled([workflow.stop(), store.close(), forwarder.close(), live.close(), audit.close()])
     throw new StartupError(`cannot start: ${(err as Error).message}`)
   }
@@ -245,11 +247,43 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         unsubscribe()
         // The workflow first: its last notifications and sweeps still use the grant store.
         await workflow.stop().catch((err: unknown) => log.warn({ err }, 'workflow stop failed'))
+        // A last sweep, so grants that expired since the previous one are on record before the trail closes.
+        await expiries.stop({ finalSweep: true })
         await Promise.allSettled([forwarder.close(), store.close(), live.close()])
         audit.emit('gateway.stopped', {})
         await audit.close()
       })()
       return stopping
+    },
+  }
+}
+
+/**
+ * Every `intervalMs`, writes `grant.expired` for the grants that have expired since. Every replica
+ * sweeps; the store hands each expired grant to one of them. A failed sweep (the store down) is
+ * reported and simply retried at the next tick: nothing is lost meanwhile, since the store keeps
+ * an expiry until it is claimed.
+ */
+function startExpirySweep(
+  grants: { reportExpired(): Promise<number> },
+  intervalMs: number,
+  onError: (err: Error) => void,
+): { stop(opts?: { finalSweep?: boolean }): Promise<void> } {
+  let running: Promise<void> | undefined
+  const sweep = (): Promise<void> =>
+    (running ??= grants
+      .reportExpired()
+      .then(
+        () => {},
+        (err: unknown) => onError(err instanceof Error ? err : new Error(String(err))),
+      )
+      .finally(() => (running = undefined)))
+  const timer = setInterval(() => void sweep(), intervalMs).unref()
+  return {
+    async stop(opts = {}) {
+      clearInterval(timer)
+      await running
+      if (opts.finalSweep) await sweep()
     },
   }
 }

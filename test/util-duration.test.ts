@@ -1,5 +1,5 @@
 import t from 'tap'
-import { parseDuration, formatDuration } from '../src/util/duration.js'
+import { parseDuration, formatDuration, isBareNumber } from '../src/util/duration.js'
 
 t.test('durations: single and combined units, largest first', async (t) => {
   const cases: [string, number | undefined][] = [
@@ -24,4 +24,9 @@ t.test('durations: single and combined units, largest first', async (t) => {
   t.equal(formatDuration(3_600_000), '1h')
   t.equal(formatDuration(1500), '1s500ms')
   t.equal(formatDuration(0), '0s')
+})
+
+t.test('a bare number is a duration without a unit', async (t) => {
+  for (const v of [60, 0, 1.5, '60', ' 60 ', '1.5', '.5', '-1', '+2']) t.ok(isBareNumber(v), JSON.stringify(v))
+  for (const v of ['60s', '1h30m', '', 'sixty', '1:30', '6 0', undefined, null, true]) t.notOk(isBareNumber(v), JSON.stringify(v))
 })

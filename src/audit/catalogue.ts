@@ -122,10 +122,11 @@ export const EVENTS = {
     optional: [],
   },
   'grant.expired': {
-    summary: 'A grant reached its expiry. Not emitted yet: expiry is already fixed by `expires_at` in `grant.issued`/`grant.extended`.',
-    emitter: 'pending',
+    summary:
+      'A grant reached its expiry without being revoked or relinquished (those write `grant.revoked` instead); an extended grant at its last expiry only. Written once per grant, by whichever replica sweeps first, within `store.expiry_sweep_interval` (default 5 s) of `expires_at`; `time` is when it was written. With Redis, the expiries of an outage are written once a replica reaches Redis again (up to 7 days later).',
+    emitter: 'gateway',
     required: ['grant_id', 'subject', 'resource', 'expires_at'],
-    optional: [],
+    optional: ['scopes', 'starts_at'],
   },
   'grant.extended': {
     summary: "A grant's expiry moved after a new approval; open connections stay open.",

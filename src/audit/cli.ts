@@ -5,6 +5,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { verifyAuditFiles, formatVerifyReport, type Jwks } from './verify.js'
 import { buildEvidence, toCsv } from './export.js'
+import { PEM_PRIVATE_KEY_RE, privateJwkMember } from '../util/jwk.js'
 
 /** Where the commands write and which errors they raise (the CLI's own). */
 export interface AuditCliContext {
@@ -74,7 +75,12 @@ function parseDay(text: string, end: boolean, ctx: AuditCliContext): Date {
   return new Date(day && end ? t + 86_400_000 : t)
 }
 
-/** A JWKS (or one JWK) from a file or an http(s) URL such as the control plane's `/.well-known/jwks.json`. */
+/**
+ * A JWKS (or one JWK) from a file or an http(s) URL such as the control plane's
+ * `/.well-known/jwks.json`. Public keys only: a file holding private key material (a JWK with `d`,
+ * a secret `k`, a PEM private key) is refused, since checking signatures never needs it and a
+ * private key handed around for that is one copy too many. Nothing of the key is ever printed.
+ */
 async function loadJwks(source: string, ctx: AuditCliContext): Promise<Jwks> {
   let text: string
   try {
@@ -88,12 +94,25 @@ async function loadJwks(source: string, ctx: AuditCliContext): Promise<Jwks> {
   } catch (err) {
     throw ctx.fail(`cannot load the JWKS from ${source}: ${(err as { cause?: Error }).cause?.message ?? (err as Error).message}`)
   }
+  const refuse = (what: string): Error =>
+    ctx.fail(
+      `${source} holds private key material (${what}): refusing it. Verifying needs the public keys only: ` +
+        'give the JWKS of the control plane (/.well-known/jwks.json) or the public JWK that `jitgate keys generate` printed, ' +
+        'and keep the private key where it is.',
+    )
+  if (PEM_PRIVATE_KEY_RE.test(text)) throw refuse('a PEM private key')
+  let jwks: Jwks | undefined
   try {
     const parsed = JSON.parse(text) as { keys?: unknown; kty?: unknown }
-    if (Array.isArray(parsed.keys)) return parsed as Jwks
-    if (typeof parsed.kty === 'string') return { keys: [parsed as Jwks['keys'][number]] }
+    if (Array.isArray(parsed.keys)) jwks = parsed as Jwks
+    else if (typeof parsed.kty === 'string') jwks = { keys: [parsed as Jwks['keys'][number]] }
   } catch {
     // reported below
   }
-  throw ctx.fail(`${source} is not a JWKS ({"keys": [...]}) or a JWK`)
+  if (jwks === undefined) throw ctx.fail(`${source} is not a JWKS ({"keys": [...]}) or a JWK`)
+  for (const [i, key] of jwks.keys.entries()) {
+    const member = privateJwkMember(key)
+    if (member !== undefined) throw refuse(`${jwks.keys.length > 1 ? `key ${i + 1} is ` : ''}a JWK with "${member}"`)
+  }
+  return jwks
 }

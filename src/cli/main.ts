@@ -9,7 +9,7 @@ import { SourceError, formatIssues } from '../config/yaml-source.js'
 import { loadConfig, DEFAULT_CONFIG_FILE } from '../config/config.js'
 import { loadPolicy } from '../policy/policy.js'
 import { generateSigningKey, KeyError } from '../authn/keys.js'
-import { formatDuration } from '../util/duration.js'
+import { formatDuration, isBareNumber, noUnitMessage } from '../util/duration.js'
 import { workflowCommands } from './workflow.js'
 import { policyCommands } from './policy.js'
 
@@ -89,7 +89,8 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
   --subject ID      sub-processor id
   --resource ID     resource id from policy
   --scope PATTERN   e.g. "GET /crm/customers/**" (repeatable)
-  --ttl DURATION    e.g. 15m, 2h (at most the resource's max_ttl)
+  --ttl DURATION    with a unit: 15m, 2h, 1h30m (at most the resource's max_ttl); a bare
+                    number such as 60 is refused
   --reason TEXT     why (audited)
   --url URL         control plane (default $JITGATE_CONTROL_URL or http://127.0.0.1:8081)
   --json            print the whole grant as JSON instead of the token alone`,
@@ -103,6 +104,7 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
     },
     async run(v, _positionals, io) {
       for (const k of ['subject', 'resource', 'scope', 'ttl']) if (v[k] === undefined) throw new UsageError(`--${k} is required`)
+      if (isBareNumber(v.ttl)) throw new UsageError(noUnitMessage('--ttl', v.ttl))
       const body = { subject: v.subject, resource: v.resource, scopes: v.scope, ttl: v.ttl, ...(v.reason ? { reason: v.reason } : {}) }
       const res = expectShape<{ id: string; expires_at: string; token: string }>(
         await api(io, v, 'POST', '/v1/grants', body),
@@ -165,6 +167,7 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
 
   FILE...            native JSON audit files, oldest first (rotated files, then the current one)
   --jwks FILE|URL    public keys: a JWKS file, or the control plane's /.well-known/jwks.json
+                     (a file holding a private key, JWK or PEM, is refused)
   --skip-signatures  check the hash chains only (anyone can recompute those)
   --partial          accept chains that start after seq 1 or lack their final checkpoint
                      (older files not given; a running or crashed gateway)

@@ -7,9 +7,9 @@ import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadPolicy } from '../policy/policy.js'
 import { SourceError, formatIssues } from '../config/yaml-source.js'
-import { parseDuration } from '../util/duration.js'
+import { isBareNumber, noUnitMessage, parseDuration } from '../util/duration.js'
 import { formatResults, loadFixtures, parseInstant, runPolicyTests } from '../policy/tools/policy-test.js'
-import { explainCall, explainRequest } from '../policy/tools/explain.js'
+import { explainCall, explainRequest, type Explanation } from '../policy/tools/explain.js'
 import { affectedGrants, diffPolicies, formatDiff, type LiveGrant } from '../policy/tools/diff.js'
 import type { CliIOLike } from './workflow.js'
 
@@ -29,6 +29,12 @@ export interface PolicyCommand {
   readonly options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>
   run(v: Record<string, string | boolean | string[] | undefined>, positionals: string[], io: CliIOLike): Promise<number>
 }
+
+/**
+ * `policy explain`'s exit status by decision, so scripts and CI can branch on it. A deny has its
+ * own code, apart from 1 (an error: the policy does not load) and 2 (a usage error).
+ */
+export const EXPLAIN_EXIT = Object.freeze({ allow: 0, deny: 3 } as const)
 
 const dirOptions = { dir: { type: 'string' }, config: { type: 'string', short: 'c' } } as const
 
@@ -77,8 +83,11 @@ jitgate policy explain --request --subject ID --resource ID --scope "METHODS PAT
 
   A call through the data plane under a grant for --resource (default: the resource PATH routes
   to) with the given scopes, or (--request) an access request.
-  --at TIME   RFC 3339, e.g. 2026-12-07T09:00:00+01:00 (default: now)
-  --dir DIR   policy folder (default: the configured one, ./policies)`,
+  --duration D  with a unit: 30m, 2h (a bare number is refused)
+  --at TIME     RFC 3339, e.g. 2026-12-07T09:00:00+01:00 (default: now)
+  --dir DIR     policy folder (default: the configured one, ./policies)
+
+Exit status: ${EXPLAIN_EXIT.allow} allow, ${EXPLAIN_EXIT.deny} deny, 1 error (e.g. the policy does not load), 2 usage error.`,
       options: {
         ...dirOptions,
         request: { type: 'boolean' },
@@ -104,12 +113,13 @@ jitgate policy explain --request --subject ID --resource ID --scope "METHODS PAT
         const policy = offline(h.policyDir(io, v), io)
         const subject = v.subject as string
         const scopes = v.scope as string[]
-        let lines: string[]
+        let explanation: Explanation
         if (v.request) {
           need('resource', 'duration')
+          if (isBareNumber(v.duration)) throw h.usage(noUnitMessage('--duration', v.duration))
           const durationMs = parseDuration(v.duration as string)
-          if (durationMs === undefined) throw h.usage('--duration: expected a duration such as 30m or 2h')
-          lines = await explainRequest(policy, {
+          if (durationMs === undefined) throw h.usage('--duration: expected a duration with a unit, such as 30m or 2h')
+          explanation = await explainRequest(policy, {
             subject,
             resource: v.resource as string,
             scopes,
@@ -123,7 +133,7 @@ jitgate policy explain --request --subject ID --resource ID --scope "METHODS PAT
           const path = v.path as string
           const resource = (v.resource as string | undefined) ?? policy.matchRoute(v.host as string | undefined, path.split('?')[0] as string)?.id
           if (resource === undefined) throw h.usage(`--resource is required: no resource serves ${path}`)
-          lines = await explainCall(policy, {
+          explanation = await explainCall(policy, {
             subject,
             grant: { resource, scopes },
             method: v.method as string,
@@ -133,8 +143,8 @@ jitgate policy explain --request --subject ID --resource ID --scope "METHODS PAT
             at,
           })
         }
-        io.out(`${lines.join('\n')}\n`)
-        return 0
+        io.out(`${explanation.lines.join('\n')}\n`)
+        return EXPLAIN_EXIT[explanation.decision]
       },
     },
 

@@ -14,6 +14,7 @@ import { SignJWT, importJWK, type CryptoKey, type JWK } from 'jose'
 import { ASSERTION_MAX_LIFETIME_S } from '../workflow/auth/assertion.js'
 import { totpCode } from '../workflow/auth/totp.js'
 import { decodeBase32 } from '../policy/compile-principals.js'
+import { isBareNumber, noUnitMessage } from '../util/duration.js'
 
 /** What main.ts provides to these commands. */
 export interface WorkflowCliHelpers {
@@ -128,10 +129,13 @@ export function workflowCommands(h: WorkflowCliHelpers): Record<string, Workflow
     'request create': {
       summary: 'Ask for access (sub-processor); prints the request id.',
       usage: `jitgate request create --resource ID --scope "METHODS PATH" [--scope ...] --duration D --reason TEXT [--ticket REF] [--break-glass]
+
+  --duration D   with a unit: 30m, 2h, 1h30m (a bare number such as 60 is refused)
 ${VENDOR_HELP}`,
       options: { ...vendorOptions, resource: { type: 'string' }, scope: { type: 'string', multiple: true }, duration: { type: 'string' }, reason: { type: 'string' }, ticket: { type: 'string' }, 'break-glass': { type: 'boolean' } },
       async run(v, _pos, io) {
         for (const k of ['resource', 'scope', 'duration', 'reason']) if (v[k] === undefined) throw h.usage(`--${k} is required`)
+        if (isBareNumber(v.duration)) throw h.usage(noUnitMessage('--duration', v.duration))
         const body = {
           resource: v.resource,
           scopes: v.scope,
@@ -194,11 +198,12 @@ ${VENDOR_HELP}`,
       usage: `jitgate grant extend GRANT_OR_REQUEST_ID --duration D --reason TEXT [--ticket REF]
 
   GRANT_OR_REQUEST_ID   g_… (the grant) or r_… (the request that created it)
-  --duration D          how much longer, e.g. 30m
+  --duration D          how much longer, with a unit: 30m, 2h (a bare number is refused)
 ${VENDOR_HELP}`,
       options: { ...vendorOptions, duration: { type: 'string' }, reason: { type: 'string' }, ticket: { type: 'string' } },
       async run(v, pos, io) {
         for (const k of ['duration', 'reason']) if (v[k] === undefined) throw h.usage(`--${k} is required`)
+        if (isBareNumber(v.duration)) throw h.usage(noUnitMessage('--duration', v.duration))
         // A grant id is its request's id with another prefix (see workflow/request-store.ts).
         const target = pos[0]?.startsWith('g_') ? `r_${pos[0].slice(2)}` : pos[0]
         const body = { duration: v.duration, reason: v.reason, ...(v.ticket !== undefined ? { ticket: v.ticket } : {}) }

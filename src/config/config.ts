@@ -36,13 +36,15 @@ export interface GatewayConfig {
   /** Reload the policy when its folder changes (SIGHUP reloads regardless). */
   readonly policyWatch: boolean
   readonly store:
-    | { readonly kind: 'memory'; readonly timeoutMs: number; readonly tombstoneMs: number }
+    | { readonly kind: 'memory'; readonly timeoutMs: number; readonly tombstoneMs: number; readonly expirySweepMs: number }
     | {
         readonly kind: 'redis'
         readonly url: string
         readonly keyPrefix: string
         readonly timeoutMs: number
         readonly tombstoneMs: number
+        /** How often this replica claims expired grants and writes their `grant.expired`. */
+        readonly expirySweepMs: number
       }
   readonly tokens: {
     readonly issuer: string
@@ -140,6 +142,8 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
   }
   const timeoutMs = ms(c.store?.timeout, 250)
   const tombstoneMs = ms(c.store?.tombstone_ttl, 600_000)
+  const expirySweepMs = ms(c.store?.expiry_sweep_interval, 5_000)
+  if (expirySweepMs < 100) issues.push(issueAt(source, ['store', 'expiry_sweep_interval'], 'expiry_sweep_interval must be at least 100ms'))
   const keyPrefix = env.JITGATE_KEY_PREFIX || c.store?.key_prefix || 'jitgate:'
 
   const signingKey = env.JITGATE_SIGNING_KEY
@@ -177,8 +181,8 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
     policyDir: env.JITGATE_POLICY_DIR ? resolve(env.JITGATE_POLICY_DIR) : c.policy?.dir ? path(c.policy.dir) : resolve('policies'),
     policyWatch: c.policy?.watch ?? true,
     store: redisUrl
-      ? { kind: 'redis', url: redisUrl, keyPrefix, timeoutMs, tombstoneMs }
-      : { kind: 'memory', timeoutMs, tombstoneMs },
+      ? { kind: 'redis', url: redisUrl, keyPrefix, timeoutMs, tombstoneMs, expirySweepMs }
+      : { kind: 'memory', timeoutMs, tombstoneMs, expirySweepMs },
     tokens: {
       issuer: c.tokens?.issuer ?? 'jitgate',
       signingKey,

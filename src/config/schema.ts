@@ -64,6 +64,9 @@ export const ConfigSchema = Type.Object(
           key_prefix: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9:._-]{1,64}$' })),
           timeout: Type.Optional(Duration('Per grant-store operation; past it the request fails closed (503).')),
           tombstone_ttl: Type.Optional(Duration('Minimum time a revoked grant is remembered as revoked.')),
+          expiry_sweep_interval: Type.Optional(
+            Duration('How often each replica writes `grant.expired` for the grants that have expired since (at least 100ms).'),
+          ),
         },
         Strict,
       ),

@@ -10,6 +10,7 @@ export const API_ERRORS = Object.freeze({
   not_found: { status: 404, message: 'No such endpoint.' },
   method_not_allowed: { status: 405, message: 'Method not allowed on this endpoint.' },
   invalid_request: { status: 400, message: 'The request body is invalid.' },
+  duration_unit_required: { status: 400, message: 'A duration needs a unit, e.g. "60s", "15m" or "1h": a bare number is ambiguous.' },
   unsupported_media_type: { status: 415, message: 'Send application/json.' },
   payload_too_large: { status: 413, message: 'The request body is too large.' },
   unknown_resource: { status: 422, message: 'No resource with this id exists in the policy.' },

@@ -1,7 +1,7 @@
 /**
  * Issuing and revoking grants: checks against policy, writes to the grant store, signs the token,
  * audits. The control-plane API calls this; the approval workflow calls `issueApproved` on final
- * approval and `extend` on an approved extension.
+ * approval and `extend` on an approved extension; the gateway's expiry sweep calls `reportExpired`.
  */
 import { randomBytes } from 'node:crypto'
 import type { Grant, GrantStore, Revocation } from '../grants/types.js'
@@ -48,6 +48,12 @@ export interface GrantService {
   /** Moves an active grant's expiry (never earlier); `grant_not_found` when it is not active. */
   extend(id: string, expiresAt: number, ctx: GrantContext): Promise<Grant>
   revoke(id: string, actor: string, reason: string, requestId: string): Promise<Revocation>
+  /**
+   * Writes `grant.expired` for each grant the store hands over as expired (once per grant across
+   * every replica: see GrantStore.claimExpired). Resolves with how many; rejects with
+   * StoreUnavailableError when the store cannot be read (the next sweep retries).
+   */
+  reportExpired(): Promise<number>
 }
 
 export interface GrantServiceDeps {
@@ -195,6 +201,21 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
         resource: revocation.resource,
       })
       return revocation
+    },
+
+    async reportExpired() {
+      const expired = await deps.store.claimExpired()
+      for (const grant of expired) {
+        deps.audit.emit('grant.expired', {
+          grant_id: grant.id,
+          subject: grant.subject,
+          resource: grant.resource,
+          scopes: grant.scopes,
+          starts_at: new Date(grant.startsAt).toISOString(),
+          expires_at: new Date(grant.expiresAt).toISOString(),
+        })
+      }
+      return expired.length
     },
   }
 }

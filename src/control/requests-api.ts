@@ -24,7 +24,8 @@ import type { Approver } from '../workflow/auth/approvers.js'
 import type { GrantState, WorkflowService } from '../workflow/service.js'
 import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../workflow/request-store.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
-import { collect, parseTtl, readJson, stringField, type MountContext, type MountedApi } from './server.js'
+import { bodyError, collect, durationField, readJson, stringField, type MountContext, type MountedApi } from './server.js'
+import { isBareNumber } from '../util/duration.js'
 
 export interface RequestsApiDeps {
   readonly workflow: WorkflowService
@@ -111,13 +112,12 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
     if (!Array.isArray(scopes) || scopes.length === 0 || scopes.length > MAX_SCOPES || !scopes.every((s) => typeof s === 'string' && s.length <= 512)) {
       details.push(`scopes: expected 1 to ${MAX_SCOPES} scope strings such as "GET /crm/customers/**"`)
     }
-    const durationMs = parseTtl(body.duration)
-    if (durationMs === undefined) details.push('duration: expected a duration such as "30m" or "2h", or a number of seconds')
+    const durationMs = collect(details, () => durationField(body, 'duration'))
     const reason = collect(details, () => stringField(body, 'reason', { max: MAX_TEXT }))
     const ticket = collect(details, () => stringField(body, 'ticket', { optional: true, max: 128 }))
     const breakGlass = body.break_glass
     if (breakGlass !== undefined && typeof breakGlass !== 'boolean') details.push('break_glass: expected true or false')
-    if (details.length > 0) throw new ApiError('invalid_request', details)
+    if (details.length > 0) throw bodyError(details, isBareNumber(body.duration))
     const r = await deps.workflow.create(
       subject,
       {
@@ -185,8 +185,7 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
       case 'extend': {
         const subject = requesterOf(c)
         const reason = text('reason', true) as string
-        const durationMs = parseTtl(body.duration)
-        if (durationMs === undefined) throw new ApiError('invalid_request', ['duration: expected a duration such as "30m" or "2h", or a number of seconds'])
+        const durationMs = durationField(body, 'duration')
         const ticket = stringField(body, 'ticket', { optional: true, max: 128 })
         const ext = await deps.workflow.extend(id, subject, { durationMs, reason, ...(ticket !== undefined ? { ticket } : {}) }, ctx)
         return sendJson(res, 201, await view(ext, c, ctx, true), { 'x-request-id': ctx.requestId, location: `/v1/requests/${ext.id}` })

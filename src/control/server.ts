@@ -13,7 +13,7 @@ import { bounded } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
 import type { GrantService } from './grant-service.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendError, sendJson } from './errors.js'
-import { parseDuration } from '../util/duration.js'
+import { isBareNumber, noUnitMessage, parseDuration } from '../util/duration.js'
 import { ID_PATTERN } from '../policy/schema.js'
 import { serveConsole } from '../console/site.js'
 
@@ -185,10 +185,9 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     if (!Array.isArray(scopes) || scopes.length === 0 || scopes.length > MAX_SCOPES || !scopes.every((s) => typeof s === 'string' && s.length <= 512)) {
       details.push(`scopes: expected 1 to ${MAX_SCOPES} scope strings such as "GET /crm/customers/**"`)
     }
-    const ttlMs = parseTtl(body.ttl)
-    if (ttlMs === undefined) details.push('ttl: expected a duration such as "15m", "2h" or "1h30m", or a number of seconds')
+    const ttlMs = collect(details, () => durationField(body, 'ttl'))
     const reason = collect(details, () => stringField(body, 'reason', { optional: true, max: 512 }))
-    if (details.length > 0) throw new ApiError('invalid_request', details)
+    if (details.length > 0) throw bodyError(details, isBareNumber(body.ttl))
     const issued = await deps.grants.issue({
       subject: subject as string,
       resource: resource as string,
@@ -314,6 +313,14 @@ export function stringField(
   return v
 }
 
+/**
+ * The refusal of a body with these problems, all listed: `duration_unit_required` when a duration
+ * was a bare number (the one thing the caller must change in any case), else `invalid_request`.
+ */
+export function bodyError(details: readonly string[], bareDuration: boolean): ApiError {
+  return new ApiError(bareDuration ? 'duration_unit_required' : 'invalid_request', details)
+}
+
 /** Runs a field check, adding its problems to `details` instead of throwing: every problem is reported at once. */
 export function collect<T>(details: string[], fn: () => T): T | undefined {
   try {
@@ -325,15 +332,18 @@ export function collect<T>(details: string[], fn: () => T): T | undefined {
   }
 }
 
-/** A duration given as `"15m"` (at least 1 s) or a whole number of seconds (at most 366 days). */
-export function parseTtl(v: unknown): number | undefined {
-  if (typeof v === 'number') return Number.isInteger(v) && v > 0 && v <= 366 * 86_400 ? v * 1000 : undefined
-  if (typeof v === 'string') {
-    if (/^[0-9]{1,8}$/.test(v)) return parseTtl(Number(v))
-    const ms = parseDuration(v)
-    return ms !== undefined && ms >= 1000 ? ms : undefined
-  }
-  return undefined
+/**
+ * A duration field (`ttl`, `duration`): a string with units, `"15m"`, `"2h"`, `"1h30m"`, at least
+ * 1 s; otherwise an `invalid_request` ApiError naming it. A bare number (`60` or `"60"`) is never
+ * read as seconds: it is refused with `duration_unit_required` (which a body with several problems
+ * keeps as its code, see `bodyError`).
+ */
+export function durationField(body: Record<string, unknown>, name: string): number {
+  const v = body[name]
+  if (isBareNumber(v)) throw new ApiError('duration_unit_required', [noUnitMessage(name, v)])
+  const ms = typeof v === 'string' ? parseDuration(v) : undefined
+  if (ms === undefined || ms < 1000) throw new ApiError('invalid_request', [`${name}: expected a duration with a unit, such as "15m", "2h" or "1h30m" (at least 1s)`])
+  return ms
 }
 
 function sha256(s: string): Buffer {

@@ -1,7 +1,8 @@
 /**
  * In-process grant store: the embedded default when no Redis is configured (one gateway process).
  * Same observable behaviour as the Redis store (test/grants/contract.ts), with `now()` as the only
- * clock: expiry is checked lazily on every read, and a background sweep only reclaims memory.
+ * clock: expiry is checked lazily on every read, and a background sweep only reclaims memory. An
+ * expired grant moves to `expired` until `claimExpired` hands it over (once).
  */
 import {
   GrantExistsError,
@@ -14,7 +15,7 @@ import {
   type Revocation,
 } from './types.js'
 
-/** How often expired grants and tombstones are dropped; reads never depend on it. */
+/** How often expired grants and tombstones are moved out; reads never depend on it. */
 const SWEEP_INTERVAL_MS = 1000
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
@@ -30,22 +31,30 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
   const onError = opts.onError ?? (() => {})
   const grants = new Map<string, Grant>()
   const tombstones = new Map<string, Tombstone>()
+  /** Grants past their expiry, not revoked, not yet handed over by claimExpired. */
+  const expired = new Map<string, Grant>()
   const listeners = new Set<(event: GrantEvent) => void>()
   let closed = false
 
+  /** The grant has expired: out of the live map, kept until claimExpired reports it. */
+  const retire = (id: string, grant: Grant): void => {
+    grants.delete(id)
+    expired.set(id, grant)
+  }
+
   const sweep = (): void => {
     const t = now()
-    for (const [id, grant] of grants) if (grant.expiresAt <= t) grants.delete(id)
+    for (const [id, grant] of grants) if (grant.expiresAt <= t) retire(id, grant)
     for (const [id, tomb] of tombstones) if (tomb.until <= t) tombstones.delete(id)
   }
   // unref: an idle store must never keep the process alive.
   const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS).unref()
 
-  /** The live grant, dropping it on the spot if it has expired. */
+  /** The live grant, retiring it on the spot if it has expired. */
   const liveGrant = (id: string, t: number): Grant | undefined => {
     const grant = grants.get(id)
     if (grant === undefined || grant.expiresAt > t) return grant
-    grants.delete(id)
+    retire(id, grant)
     return undefined
   }
 
@@ -86,7 +95,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       assertOpen()
       const t = now()
       if (grant.expiresAt <= t) throw new RangeError(`grant ${grant.id} has already expired`)
-      if (liveGrant(grant.id, t) !== undefined || liveTombstone(grant.id, t) !== undefined) {
+      if (liveGrant(grant.id, t) !== undefined || liveTombstone(grant.id, t) !== undefined || expired.has(grant.id)) {
         throw new GrantExistsError(`grant ${grant.id} already exists`)
       }
       // A frozen copy: the caller may reuse its object, and readers share ours safely.
@@ -108,8 +117,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       assertOpen()
       const t = now()
       const active = [...grants.values()].filter((g) => g.expiresAt > t)
-      // Same order as the Redis sorted set: by expiry, ties by id.
-      return active.sort((a, b) => a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+      return active.sort(byExpiry)
     },
 
     async count() {
@@ -149,6 +157,15 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       return extended
     },
 
+    async claimExpired() {
+      assertOpen()
+      // Synchronous from here on: two calls can never both take the same grant.
+      sweep()
+      const claimed = [...expired.values()].sort(byExpiry)
+      expired.clear()
+      return claimed
+    },
+
     subscribe(listener) {
       assertOpen()
       // A wrapper per call, so subscribing the same function twice gives two independent subscriptions.
@@ -169,6 +186,12 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       listeners.clear()
       grants.clear()
       tombstones.clear()
+      expired.clear()
     },
   }
+}
+
+/** Same order as the Redis sorted set: by expiry, ties by id. */
+function byExpiry(a: Grant, b: Grant): number {
+  return a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
 }

@@ -116,7 +116,15 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
         const deadline = deadlines.add(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)))
         let work: Promise<T>
         try {
-          work = client.status === 'ready' ? fn() : nextReady().then(fn)
+          // Waiting for the connection, the operation is sent only if its caller is still waiting:
+          // one the caller was told had failed must not run behind its back once Redis is back.
+          work =
+            client.status === 'ready'
+              ? fn()
+              : nextReady().then(() => {
+                  if (deadline.settled) throw new StoreUnavailableError(`redis ${what}: gave up before the connection was ready`)
+                  return fn()
+                })
         } catch (err) {
           work = Promise.reject(err)
         }

@@ -4,11 +4,24 @@
  * Keys (P = keyPrefix, default `jitgate:`):
  *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does
  *   P{id}:revoked  the revocation tombstone's JSON, PX = max(remaining grant time, minTombstoneMs)
- *   Pgrants        sorted set of grant ids scored by expiresAt, only for list()/count()
+ *   P{id}:expiry   the expiry record: the grant's JSON again, kept EXPIRY_RETENTION_MS past the
+ *                  expiry, until one replica claims it (claimExpired); revoking deletes it
+ *   P{id}:expired  the claim marker, `nonce|grant JSON`: lets a claim whose answer was lost be
+ *                  asked again by the same claimer; deleted once the answer arrived
+ *   Pgrants        sorted set of grant ids scored by expiresAt: list()/count(), and the due
+ *                  entries claimExpired walks
  *   Pevents        pub/sub channel carrying GrantEvent JSON
- * The `{id}` hash tag puts both keys of one grant in the same Redis Cluster slot, so the Lua
+ * The `{id}` hash tag puts every key of one grant in the same Redis Cluster slot, so the Lua
  * scripts and the MGET below only ever touch one slot. (The hash tag is the text between the
- * first `{` and the next `}`; both keys share the prefix `P{id}`, so they always hash alike.)
+ * first `{` and the next `}`; the keys share the prefix `P{id}`, so they always hash alike.)
+ *
+ * Expiry, once: the grant key dies by itself, but its expiry record stays until a replica's claim
+ * script, atomically, finds it due, deletes it (and the grant key) and answers with the grant. Of
+ * all the replicas sweeping the index, only the one whose script ran first gets the grant; the
+ * revoke script deletes the record in the same step as the grant, so a revoked grant is never
+ * claimed; the extend script rewrites the record with the grant, so an extended grant is claimed
+ * at its new expiry only. The index is only the way to find due records: a stale entry costs one
+ * script call and is removed or re-scored.
  *
  * Failure policy: fail closed and fast. No offline queue and no command replay, so a request is
  * either sent on a live connection or rejected at once; every operation also has a deadline of
@@ -16,6 +29,7 @@
  * surface as StoreUnavailableError, the data plane answers 503, and the connection keeps
  * reconnecting in the background so the store recovers by itself when Redis is back.
  */
+import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { connectionTarget, openFailClosedRedis, quit, reconnectOptions, reportErrors, toError } from './redis-connection.js'
 import {
@@ -30,22 +44,25 @@ import {
 } from './types.js'
 
 /**
- * KEYS: grant, tombstone. ARGV: grant JSON, TTL ms, events channel.
- * A live tombstone also blocks the id, so a revoked grant can never be re-created.
+ * KEYS: grant, tombstone, expiry record. ARGV: grant JSON, TTL ms, events channel, record TTL ms.
+ * A live tombstone also blocks the id, so a revoked grant can never be re-created; so does an
+ * expiry record not yet claimed.
  */
 const CREATE_LUA = `
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 0 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 0 end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
 redis.call('PUBLISH', ARGV[3], '{"type":"issued","grant":' .. ARGV[1] .. '}')
 return 1
 `
 
 /**
- * KEYS: grant, tombstone. ARGV: revocation JSON without subject/resource and without its closing
- * brace (built by JSON.stringify, so no number or string formatting happens in Lua), minimum
- * tombstone ms, events channel. Returns the full revocation JSON, or nil when there is no grant.
- * Atomic, so of two concurrent revokes exactly one finds the grant; the event is published in the
- * same step, so no replica can observe the deletion without the event being on its way.
+ * KEYS: grant, tombstone, expiry record. ARGV: revocation JSON without subject/resource and
+ * without its closing brace (built by JSON.stringify, so no number or string formatting happens
+ * in Lua), minimum tombstone ms, events channel. Returns the full revocation JSON, or nil when
+ * there is no grant. Atomic, so of two concurrent revokes exactly one finds the grant, and a
+ * revoke and an expiry claim never both succeed; the event is published in the same step, so no
+ * replica can observe the deletion without the event being on its way.
  */
 const REVOKE_LUA = `
 local raw = redis.call('GET', KEYS[1])
@@ -54,32 +71,69 @@ local remaining = redis.call('PTTL', KEYS[1])
 local grant = cjson.decode(raw)
 local revocation = ARGV[1] .. ',"subject":' .. cjson.encode(grant.subject)
   .. ',"resource":' .. cjson.encode(grant.resource) .. '}'
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[2], revocation, 'PX', math.max(remaining, tonumber(ARGV[2])))
 redis.call('PUBLISH', ARGV[3], '{"type":"revoked","revocation":' .. revocation .. '}')
 return revocation
 `
 
 /**
- * KEYS: grant. ARGV: the grant JSON as the caller read it, the extended JSON, its TTL ms, events
- * channel. Writes only if the grant is still exactly what the caller read (not revoked, not
- * extended by someone else meanwhile); the caller reads again otherwise. Returns 1 when written.
+ * KEYS: grant, expiry record. ARGV: the grant JSON as the caller read it, the extended JSON, its
+ * TTL ms, events channel, the record's TTL ms. Writes only if the grant is still exactly what the
+ * caller read (not revoked, not claimed as expired, not extended by someone else meanwhile); the
+ * caller reads again otherwise. Returns 1 when written. The record is written unconditionally: a
+ * grant stored before expiry records existed gets one here.
  */
 const EXTEND_LUA = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 redis.call('PUBLISH', ARGV[4], '{"type":"extended","grant":' .. ARGV[2] .. '}')
 return 1
 `
+
+/**
+ * KEYS: grant, expiry record, claim marker. ARGV: now (epoch ms), this attempt's nonce, marker
+ * TTL ms. Answers the grant JSON when this attempt owns the expiry: the record was due and is now
+ * deleted (the grant key too, in case Redis has not expired it yet), or the marker shows that this
+ * very nonce claimed it before (an earlier answer lost on its way). Answers the record's expiry
+ * (a number) when it is not due yet (an extended grant), nil when there is nothing to claim: no
+ * record (revoked, claimed by someone else, never stored) or a marker of another attempt.
+ */
+const CLAIM_LUA = `
+local mark = redis.call('GET', KEYS[3])
+if mark then
+  local sep = string.find(mark, '|', 1, true)
+  if sep and string.sub(mark, 1, sep - 1) == ARGV[2] then return string.sub(mark, sep + 1) end
+  return false
+end
+local raw = redis.call('GET', KEYS[2])
+if not raw then return false end
+local expiresAt = cjson.decode(raw).expiresAt
+if expiresAt > tonumber(ARGV[1]) then return expiresAt end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], ARGV[2] .. '|' .. raw, 'PX', ARGV[3])
+return raw
+`
+
+/**
+ * How long an expiry record outlives its grant when no replica claims it (every gateway stopped,
+ * or cut off from Redis): the `grant.expired` of an outage up to this long is still written.
+ */
+export const EXPIRY_RETENTION_MS = 7 * 86_400_000
+
+/** Due index entries one claimExpired call handles at most; the next call takes the rest. */
+const CLAIM_BATCH = 500
 
 /** Read-and-write attempts of one extend before it gives up on a grant that keeps changing. */
 const EXTEND_ATTEMPTS = 5
 
 /** The commands registered with defineCommand (EVALSHA, falling back to EVAL after a restart). */
 interface ScriptedRedis extends Redis {
-  jitgateCreate(grantKey: string, tombKey: string, json: string, ttlMs: number, channel: string): Promise<number>
-  jitgateRevoke(grantKey: string, tombKey: string, partial: string, minTombMs: number, channel: string): Promise<string | null>
-  jitgateExtend(grantKey: string, current: string, next: string, ttlMs: number, channel: string): Promise<number>
+  jitgateCreate(grantKey: string, tombKey: string, expiryKey: string, json: string, ttlMs: number, channel: string, recordTtlMs: number): Promise<number>
+  jitgateRevoke(grantKey: string, tombKey: string, expiryKey: string, partial: string, minTombMs: number, channel: string): Promise<string | null>
+  jitgateExtend(grantKey: string, expiryKey: string, current: string, next: string, ttlMs: number, channel: string, recordTtlMs: number): Promise<number>
+  jitgateClaim(grantKey: string, expiryKey: string, claimedKey: string, now: number, nonce: string, markerTtlMs: number): Promise<string | number | null>
 }
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
@@ -106,6 +160,8 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
   const { timeoutMs, keyPrefix: prefix } = opts
   const grantKey = (id: string): string => `${prefix}{${id}}:grant`
   const tombKey = (id: string): string => `${prefix}{${id}}:revoked`
+  const expiryKey = (id: string): string => `${prefix}{${id}}:expiry`
+  const claimedKey = (id: string): string => `${prefix}{${id}}:expired`
   const indexKey = `${prefix}grants`
   const channel = `${prefix}events`
 
@@ -116,9 +172,10 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     name: 'grant store',
     passThrough: (err) => err instanceof GrantExistsError,
     setup(c) {
-      c.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
-      c.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })
-      c.defineCommand('jitgateExtend', { numberOfKeys: 1, lua: EXTEND_LUA })
+      c.defineCommand('jitgateCreate', { numberOfKeys: 3, lua: CREATE_LUA })
+      c.defineCommand('jitgateRevoke', { numberOfKeys: 3, lua: REVOKE_LUA })
+      c.defineCommand('jitgateExtend', { numberOfKeys: 2, lua: EXTEND_LUA })
+      c.defineCommand('jitgateClaim', { numberOfKeys: 3, lua: CLAIM_LUA })
     },
   })
   const client = connection.client as ScriptedRedis
@@ -126,6 +183,33 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
 
   const listeners = new Set<(event: GrantEvent) => void>()
   let subscriber: Redis | undefined
+
+  /** Names this store instance's claims; each attempt's nonce is `claimer.n`. */
+  const claimer = randomBytes(9).toString('base64url')
+  let claims = 0
+  /** Claims sent without an answer (id → nonce): they may have happened, so they are asked again. */
+  const unconfirmed = new Map<string, string>()
+
+  /** One claim attempt; the grant when this attempt owns its expiry. */
+  const claimOne = async (id: string, nonce: string, t: number): Promise<Grant | undefined> => {
+    let answer: string | number | null
+    try {
+      answer = await op('claimExpired', () => client.jitgateClaim(grantKey(id), expiryKey(id), claimedKey(id), t, nonce, EXPIRY_RETENTION_MS))
+    } catch (err) {
+      // Sent or not, there is no telling: the next call asks again with the same nonce.
+      unconfirmed.set(id, nonce)
+      throw err
+    }
+    unconfirmed.delete(id)
+    // Tidying only (a failure is reported; the next call finds the entry again and tidies it):
+    // the index entry goes, or moves to the grant's new expiry; the marker has served its purpose.
+    const tidy: Promise<unknown>[] =
+      typeof answer === 'number'
+        ? [client.zadd(indexKey, answer, id)]
+        : [client.zrem(indexKey, id), ...(typeof answer === 'string' ? [client.del(claimedKey(id))] : [])]
+    await Promise.all(tidy).catch((err: unknown) => onError(toError(err)))
+    return typeof answer === 'string' ? (JSON.parse(answer) as Grant) : undefined
+  }
 
   const dispatch = (message: string): void => {
     let event: GrantEvent
@@ -205,13 +289,13 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     return grant.expiresAt > now() ? { status: 'active', grant } : NOT_FOUND
   }
 
-  /** Active grants, soonest expiry first; also prunes expired entries from the index. */
+  /**
+   * Active grants, soonest expiry first. Due entries stay in the index (no pruning here): they are
+   * how claimExpired finds the expiries still to report, and it removes them.
+   */
   const activeGrants = async (): Promise<Grant[]> => {
     const t = now()
-    const [, ids] = await Promise.all([
-      client.zremrangebyscore(indexKey, '-inf', t),
-      client.zrangebyscore(indexKey, `(${t}`, '+inf'),
-    ])
+    const ids = await client.zrangebyscore(indexKey, `(${t}`, '+inf')
     // One GET per grant: the keys live in different slots, so no MGET across them.
     const values = await Promise.all(ids.map((id) => client.get(grantKey(id))))
     const grants: Grant[] = []
@@ -237,7 +321,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
         // key, and the entry is pruned once its score (the expiry) has passed.
         const [, created] = await Promise.all([
           client.zadd(indexKey, 'NX', grant.expiresAt, grant.id),
-          client.jitgateCreate(grantKey(grant.id), tombKey(grant.id), json, ttlMs, channel),
+          client.jitgateCreate(grantKey(grant.id), tombKey(grant.id), expiryKey(grant.id), json, ttlMs, channel, ttlMs + EXPIRY_RETENTION_MS),
         ])
         if (created !== 1) throw new GrantExistsError(`grant ${grant.id} already exists`)
       })
@@ -271,7 +355,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     revoke(id, by, reason) {
       const partial = JSON.stringify({ id, revokedAt: now(), revokedBy: by, reason }).slice(0, -1)
       return op('revoke', async () => {
-        const json = await client.jitgateRevoke(grantKey(id), tombKey(id), partial, opts.minTombstoneMs, channel)
+        const json = await client.jitgateRevoke(grantKey(id), tombKey(id), expiryKey(id), partial, opts.minTombstoneMs, channel)
         if (json == null) return null
         // The revocation has happened; a stale index entry only costs list() one GET, so a
         // failure here is reported rather than turned into a failed revoke.
@@ -291,7 +375,8 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
           if (expiresAt <= grant.expiresAt) return grant
           const extended: Grant = { ...grant, expiresAt }
           const json = JSON.stringify(extended)
-          if ((await client.jitgateExtend(grantKey(id), current, json, expiresAt - t, channel)) === 1) {
+          const ttlMs = expiresAt - t
+          if ((await client.jitgateExtend(grantKey(id), expiryKey(id), current, json, ttlMs, channel, ttlMs + EXPIRY_RETENTION_MS)) === 1) {
             // Only list() order depends on the score; a failure here is reported, not a failed extend.
             await client.zadd(indexKey, 'XX', expiresAt, id).catch((err: unknown) => onError(toError(err)))
             return extended
@@ -299,6 +384,25 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
         }
         throw new Error(`grant ${id} kept changing during ${EXTEND_ATTEMPTS} extend attempts`)
       })
+    },
+
+    async claimExpired() {
+      const t = now()
+      const due = await op('claimExpired', () => client.zrangebyscore(indexKey, '-inf', t, 'LIMIT', 0, CLAIM_BATCH))
+      // Claims whose answer was lost go first, with their own nonce: only they can get those back.
+      const attempts = new Map(unconfirmed)
+      for (const id of due) if (!attempts.has(id)) attempts.set(id, `${claimer}.${++claims}`)
+      const results = await Promise.allSettled([...attempts].map(([id, nonce]) => claimOne(id, nonce, t)))
+      const claimed: Grant[] = []
+      const failures: unknown[] = []
+      for (const r of results) {
+        if (r.status === 'rejected') failures.push(r.reason)
+        else if (r.value !== undefined) claimed.push(r.value)
+      }
+      // All failed: the store is down, say so. Some failed: hand over what was claimed (retried next call).
+      if (failures.length > 0 && claimed.length === 0) throw failures[0]
+      for (const err of failures) onError(toError(err))
+      return claimed.sort((a, b) => a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
     },
 
     subscribe(listener) {

@@ -86,6 +86,19 @@ export interface GrantStore {
    */
   extend(id: string, expiresAt: number): Promise<Grant | null>
   /**
+   * Hands over the grants that have reached their expiry without being revoked, each to exactly one
+   * caller across every replica sharing the store, so that each expiry is reported once (the
+   * `grant.expired` audit event). A revoked grant is never handed over; an extended one only once
+   * its new expiry has passed. A claimed grant is over: `get` finds it `not_found`, and `revoke`
+   * and `extend` no longer find it. Soonest expiry first, at most a bounded batch per call (the
+   * rest on the next call).
+   *
+   * Every replica may call this periodically. A claim the store could not confirm (its answer lost
+   * in an outage) is retried by the next call of the same instance, which then gets that grant;
+   * other instances never get it. Rejects with StoreUnavailableError when the store cannot be read.
+   */
+  claimExpired(): Promise<Grant[]>
+  /**
    * Subscribes to grant events from every replica (including this one). Returns unsubscribe.
    * Delivery is asynchronous and best effort: the Redis subscription goes live a moment after the
    * first call, and events published while a replica is disconnected from Redis are not replayed.

@@ -11,6 +11,7 @@ import { resolve } from 'node:path'
 import type { JWK } from 'jose'
 import { issueAt, type SourceIssue, type YamlSource } from '../config/yaml-source.js'
 import { formatDuration, parseDuration } from '../util/duration.js'
+import { privateJwkMember } from '../util/jwk.js'
 import type {
   ApprovalPolicySpec,
   ApproverGroupSpec,
@@ -75,7 +76,6 @@ const MIN_TOTP_SECRET_BYTES = 16
 const MIN_RSA_BITS = 2048
 /** `kty crv` (`kty` alone for RSA) of the keys accepted for verification. */
 const SUPPORTED_KEYS = new Set(['OKP Ed25519', 'EC P-256', 'EC P-384', 'EC P-521', 'RSA'])
-const PRIVATE_JWK_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']
 
 type Path = (string | number)[]
 
@@ -424,7 +424,7 @@ function endOfDayUtc(text: string): number | undefined {
  * EC (P-256, P-384, P-521) or RSA (at least 2048 bits) public key, with `use` absent or `sig`.
  */
 export function checkPublicJwk(jwk: Record<string, unknown>): string | undefined {
-  const privateMember = PRIVATE_JWK_MEMBERS.find((k) => k in jwk)
+  const privateMember = privateJwkMember(jwk)
   if (privateMember !== undefined) return `not a public key (it has "${privateMember}"): register the public key only`
   if (jwk.use !== undefined && jwk.use !== 'sig') return `"use" is ${JSON.stringify(jwk.use)}; a verification key has use "sig" or none`
   const kind = `${String(jwk.kty)}${jwk.kty === 'RSA' ? '' : ` ${String(jwk.crv)}`}`

@@ -26,6 +26,19 @@ export function parseDuration(text: string): number | undefined {
   return ms
 }
 
+/**
+ * True for a number, or a string that is only a number (`60`, `"60"`, `"1.5"`): a duration
+ * without a unit. User input like that is refused rather than guessed (seconds? minutes?).
+ */
+export function isBareNumber(v: unknown): boolean {
+  return typeof v === 'number' || (typeof v === 'string' && /^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$/.test(v))
+}
+
+/** The message for a duration given without a unit, naming where it was given (`ttl`, `--duration`). */
+export function noUnitMessage(name: string, v: unknown): string {
+  return `${name}: ${typeof v === 'string' ? JSON.stringify(v) : String(v)} has no unit: give one, e.g. 60s, 15m or 1h (a bare number is ambiguous)`
+}
+
 /** Formats milliseconds compactly, largest unit first (`5400000` → `1h30m`). */
 export function formatDuration(ms: number): string {
   if (ms === 0) return '0s'

@@ -12,7 +12,7 @@ import WebSocket from 'ws'
 import { startUpstream } from '../helpers/upstream.js'
 import { startTestGateway, call, rawCall, type TestGateway } from '../helpers/gateway.js'
 import { auditValidator } from '../helpers/audit-schema.js'
-import { EVENTS, type AuditEventName } from '../../src/audit/catalogue.js'
+import { EVENTS, type AuditEventName, type Emitter } from '../../src/audit/catalogue.js'
 import { MAX_FIELD_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
 
 const POLICY = `
@@ -55,7 +55,8 @@ async function wsOpen(g: TestGateway, path: string, token: string): Promise<WebS
 
 t.test('every event a real gateway writes validates against the published schema', async (t) => {
   const upstream = await startUpstream(t)
-  const g = await startTestGateway(t, { policy: POLICY, upstream: upstream.url })
+  const g = await startTestGateway(t, { policy: POLICY, upstream: upstream.url, config: 'store: { expiry_sweep_interval: 100ms }' })
+  const brief = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/**'], ttl: '1s' })
   const crm = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/**'], ttl: '10m', reason: 'SUP-1' })
   const dead = await g.issue({ resource: 'dead', scopes: ['GET /dead/**'], ttl: '10m' })
   const live = await g.issue({ resource: 'live', scopes: ['GET /live/**'], ttl: '10m' })
@@ -86,6 +87,7 @@ t.test('every event a real gateway writes validates against the published schema
   t.equal((await call(`${g.controlUrl}/v1/grants`, { headers: { authorization: 'Bearer wrong-token-0123456789' } })).status, 401)
   writeFileSync(join(dirname(g.dataDir), 'policies', 'broken.yaml'), 'resources: [{ id: Bad }]\n')
   t.equal(g.gw.reloadPolicy().result, 'rejected')
+  await g.waitForEvent((e) => e.event === 'grant.expired' && e.grant_id === brief.id)
   await g.stop()
 
   const validate = auditValidator()
@@ -97,7 +99,8 @@ t.test('every event a real gateway writes validates against the published schema
   t.equal(g.auditText().split('\n').length - 1, g.audit.length, 'one line per event')
   for (const [name, spec] of Object.entries(EVENTS) as [AuditEventName, (typeof EVENTS)[AuditEventName]][]) {
     // The workflow's events are exercised by the workflow's tests, audit.dropped by sinks.test.ts.
-    if (spec.emitter !== 'pending' && spec.emitter !== 'workflow' && name !== 'audit.dropped') t.ok(seen.has(name), `${name} emitted in the scenario`)
+    const emitter = spec.emitter as Emitter
+    if (emitter !== 'pending' && emitter !== 'workflow' && name !== 'audit.dropped') t.ok(seen.has(name), `${name} emitted in the scenario`)
   }
   t.match(g.audit.slice(-2), [{ event: 'gateway.stopped' }, { event: 'audit.checkpoint', final: true }], 'stopped, then the final checkpoint')
 })

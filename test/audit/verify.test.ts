@@ -14,6 +14,8 @@ import { createCheckpointSigner, lineHash } from '../../src/audit/chain.js'
 import { verifyAuditFiles, type VerifyReport } from '../../src/audit/verify.js'
 import { importJWK, type CryptoKey } from 'jose'
 import { runCli } from '../helpers/process.js'
+import { main } from '../../src/cli/main.js'
+import { createPrivateKey, generateKeyPairSync } from 'node:crypto'
 import { startTestGateway } from '../helpers/gateway.js'
 
 async function writeTrail(events = 23, every = 5) {
@@ -153,4 +155,40 @@ t.test('jitgate audit verify: exit codes, file:line output, JWKS from a file and
   const live = await runCli(['audit', 'verify', trail, '--jwks', `${g.controlUrl}/.well-known/jwks.json`, '--partial'])
   t.equal(live.code, 0, live.stdout + live.stderr)
   t.match(live.stdout, /not sealed\nOK/)
+})
+
+t.test('jitgate audit verify --jwks refuses a file holding private key material, and never prints it', async (t) => {
+  const { dir, file, jwksFile } = await writeTrail()
+  const { privateJwk, publicJwk } = await generateSigningKey()
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const cases: [string, string, string][] = [
+    // The file `jitgate keys generate --out` writes: the gateway's own signing key.
+    ['signing-key.jwk.json', JSON.stringify(privateJwk), 'a JWK with "d"'],
+    ['mixed.jwks.json', JSON.stringify({ keys: [publicJwk, privateJwk] }), 'key 2 is a JWK with "d"'],
+    ['hmac.jwk.json', JSON.stringify({ kty: 'oct', k: 'c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0' }), 'a JWK with "k"'],
+    ['pkcs8.pem', createPrivateKey({ key: privateJwk as import('node:crypto').JsonWebKey, format: 'jwk' }).export({ type: 'pkcs8', format: 'pem' }) as string, 'a PEM private key'],
+    ['sec1.pem', ec.privateKey.export({ type: 'sec1', format: 'pem' }) as string, 'a PEM private key'],
+  ]
+  const cli = async (args: string[]) => {
+    let stdout = ''
+    let stderr = ''
+    const code = await main(args, { out: (s) => void (stdout += s), err: (s) => void (stderr += s), env: {} })
+    return { code, stdout, stderr }
+  }
+  for (const [name, content, what] of cases) {
+    const keyFile = join(dir, name)
+    writeFileSync(keyFile, content, { mode: 0o600 })
+    const r = await cli(['audit', 'verify', file, '--jwks', keyFile])
+    t.equal(r.code, 1, name)
+    t.match(r.stderr, `jitgate: ${keyFile} holds private key material (${what}): refusing it. Verifying needs the public keys only`)
+    t.equal(r.stdout, '', 'nothing verified with it')
+    t.notOk(r.stderr.includes(String(privateJwk.d)) || r.stderr.includes('c2VjcmV0'), 'the key is not printed')
+  }
+  const exported = await cli(['audit', 'export', '--subprocessor', 'acme', '--from', '2026-01-01', '--to', '2026-12-31', '--out', join(dir, 'ev'), '--jwks', join(dir, 'signing-key.jwk.json'), file])
+  t.equal(exported.code, 1, 'audit export refuses it too')
+  t.match(exported.stderr, 'holds private key material')
+  const real = await runCli(['audit', 'verify', file, '--jwks', join(dir, 'signing-key.jwk.json')])
+  t.equal(real.code, 1, 'the real process exits 1')
+  t.match(real.stderr, 'holds private key material (a JWK with "d")')
+  t.equal((await cli(['audit', 'verify', file, '--jwks', jwksFile])).code, 0, 'the public JWKS still works')
 })

@@ -109,3 +109,22 @@ t.test('grant issue / list / revoke against a running gateway', async (t) => {
   t.equal(down.code, 1)
   t.match(down.stderr, 'cannot reach the control plane at http://127.0.0.1:9')
 })
+
+t.test('a --ttl or --duration without a unit is refused before anything is sent (exit 2)', async (t) => {
+  // A control plane that is not there: a command that got as far as calling it would exit 1.
+  const env = { JITGATE_CONTROL_URL: 'http://127.0.0.1:9', JITGATE_ADMIN_TOKEN: ADMIN_TOKEN, JITGATE_SUBPROCESSOR: 'acme' }
+  const cases: [string[], string][] = [
+    [['grant', 'issue', '--subject', 'acme', '--resource', 'crm-api', '--scope', 'GET /crm/**', '--ttl', '60'], '--ttl: "60" has no unit'],
+    [['request', 'create', '--resource', 'crm-api', '--scope', 'GET /crm/**', '--duration', '60', '--reason', 'SUP-1'], '--duration: "60" has no unit'],
+    [['grant', 'extend', 'g_0123456789abcdef', '--duration', '60', '--reason', 'SUP-1'], '--duration: "60" has no unit'],
+    [['policy', 'explain', '--request', '--subject', 'acme', '--resource', 'crm-api', '--scope', 'GET /crm/customers/**', '--duration', '60', '--dir', 'policies'], '--duration: "60" has no unit'],
+  ]
+  for (const [args, message] of cases) {
+    const r = await cli(args, env)
+    t.equal(r.code, 2, args.slice(0, 2).join(' '))
+    t.match(r.stderr, `${message}: give one, e.g. 60s, 15m or 1h (a bare number is ambiguous)`)
+    t.match(r.stderr, 'Usage: jitgate')
+  }
+  const help = await cli(['grant', 'issue', '--help'])
+  t.match(help.stdout, /--ttl DURATION\s+with a unit: 15m, 2h, 1h30m/)
+})

@@ -62,11 +62,17 @@ t.test('environment overrides', async (t) => {
       JITGATE_LOG_LEVEL: 'warn',
     },
   })
-  t.same(c.store, { kind: 'redis', url: 'redis://127.0.0.1:6379/2', keyPrefix: 'tenant1:', timeoutMs: 250, tombstoneMs: 600000 })
+  t.same(c.store, { kind: 'redis', url: 'redis://127.0.0.1:6379/2', keyPrefix: 'tenant1:', timeoutMs: 250, tombstoneMs: 600000, expirySweepMs: 5000 })
   t.equal(c.controlPlane.adminToken, 'a-long-enough-admin-token')
   t.same(c.controlPlane.listen, { host: '::1', port: 9999 })
   t.equal(c.dataPlane.listen.port, 0)
   t.equal(c.logLevel, 'warn')
+})
+
+t.test('store.expiry_sweep_interval: a duration of at least 100ms', async (t) => {
+  t.equal(loadConfig({ text: 'store: { expiry_sweep_interval: 2s }', env: {} }).store.expirySweepMs, 2000)
+  t.same(issuesOf(() => loadConfig({ text: 'store:\n  expiry_sweep_interval: 10ms\n', env: {} })), ['2:3 store.expiry_sweep_interval: expiry_sweep_interval must be at least 100ms'])
+  t.match(issuesOf(() => loadConfig({ text: 'store:\n  expiry_sweep_interval: 5\n', env: {} })), [/expiry_sweep_interval: expected a duration/])
 })
 
 t.test('bad environment values are reported with the variable name', async (t) => {

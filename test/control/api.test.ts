@@ -44,7 +44,7 @@ t.test('issuing: every validation problem is reported, coded', async (t) => {
     'extra: unknown field',
     'subject: expected a sub-processor id (lowercase letters, digits, ".", "_", "-")',
     'scopes: expected 1 to 64 scope strings such as "GET /crm/customers/**"',
-    'ttl: expected a duration such as "15m", "2h" or "1h30m", or a number of seconds',
+    'ttl: expected a duration with a unit, such as "15m", "2h" or "1h30m" (at least 1s)',
   ])
   t.match(await post(url, '{not json'), { status: 400, json: { error: { code: 'invalid_request', details: ['body: not valid JSON'] } } })
   t.match(await post(url, '[]'), { status: 400, json: { error: { details: ['body: expected a JSON object'] } } })
@@ -100,13 +100,32 @@ t.test('JWKS verifies the issued tokens; readyz shows the policy version', async
   t.match(metrics.text, /jitgate_grants_issued_total 1/)
 })
 
+t.test('a ttl without a unit is refused with duration_unit_required, never read as seconds', async (t) => {
+  const g = await startTestGateway(t, { policy: POLICY })
+  const url = `${g.controlUrl}/v1/grants`
+  const base = { subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'] }
+  for (const ttl of [60, '60', 1.5, ' 90 ']) {
+    const res = await post(url, { ...base, ttl })
+    t.equal(res.status, 400, `ttl ${JSON.stringify(ttl)}`)
+    t.equal(res.json.error.code, 'duration_unit_required')
+    t.same(res.json.error.details, [`ttl: ${typeof ttl === 'string' ? JSON.stringify(ttl) : ttl} has no unit: give one, e.g. 60s, 15m or 1h (a bare number is ambiguous)`])
+    t.match(res.json.error.message, /needs a unit/)
+  }
+  const both = await post(url, { ...base, scopes: [], ttl: 60 })
+  t.equal(both.json.error.code, 'duration_unit_required', 'the code names what must change in any case')
+  t.same(both.json.error.details, ['scopes: expected 1 to 64 scope strings such as "GET /crm/customers/**"', 'ttl: 60 has no unit: give one, e.g. 60s, 15m or 1h (a bare number is ambiguous)'], 'every problem listed')
+  t.equal((await post(url, { ...base, ttl: '60s' })).status, 201, 'with a unit it works')
+  t.equal(g.audit.filter((e) => e.event === 'grant.issued').length, 1, 'nothing issued for a bare number')
+  t.match(g.audit.filter((e) => e.event === 'admin.denied').map((e) => e.code), ['duration_unit_required'], 'refusals audited with the code')
+})
+
 t.test('without an admin token the API refuses a non-loopback listener', async (t) => {
   await t.rejects(
     startTestGateway(t, { policy: POLICY, adminToken: '', env: { JITGATE_ADMIN_TOKEN: '', JITGATE_CONTROL_LISTEN: '0.0.0.0:0' } }),
     { name: 'StartupError', message: /no admin token is configured/ },
   )
   const g = await startTestGateway(t, { policy: POLICY, env: { JITGATE_ADMIN_TOKEN: '' } })
-  const res = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: 60 }, { authorization: '' })
+  const res = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '60s' }, { authorization: '' })
   t.equal(res.status, 201, 'open on loopback')
   t.match(g.audit.find((e) => e.event === 'grant.issued'), { actor: 'local-operator' })
 })

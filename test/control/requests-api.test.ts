@@ -145,6 +145,12 @@ t.test('validation and entitlement refusals carry their codes', async (t) => {
     status: 400,
     json: { error: { code: 'invalid_request', details: ['extra: unknown field', /^scopes:/, /^duration:/, /^reason:/] } },
   })
+  for (const duration of [60, '60']) {
+    t.match(await post({ ...ASK, duration }), {
+      status: 400,
+      json: { error: { code: 'duration_unit_required', details: [`duration: ${JSON.stringify(duration)} has no unit: give one, e.g. 60s, 15m or 1h (a bare number is ambiguous)`] } },
+    }, `duration ${JSON.stringify(duration)} refused, not read as seconds`)
+  }
   t.match(await post({ ...ASK, scopes: ['GET /crm/**'] }), { status: 403, json: { error: { code: 'scope_not_entitled' } } })
   t.match(await post({ ...ASK, duration: '5h' }), { status: 403, json: { error: { code: 'duration_exceeds_max', details: ['5h > 4h'] } } })
   t.match(await post({ ...ASK, break_glass: true }), { status: 403, json: { error: { code: 'break_glass_not_allowed' } } })
@@ -168,6 +174,10 @@ t.test('relinquish and revoke take effect on the next request', async (t) => {
   }
 
   const mine = await approved()
+  t.match(await api(u, 'POST', `/v1/requests/${mine.id}/extend`, { bearer: await w.acme.assertion() }, { duration: '60', reason: 'more time' }), {
+    status: 400,
+    json: { error: { code: 'duration_unit_required', details: ['duration: "60" has no unit: give one, e.g. 60s, 15m or 1h (a bare number is ambiguous)'] } },
+  }, 'an extension by a bare number is refused too')
   t.equal((await api(u, 'POST', `/v1/requests/${mine.id}/relinquish`, { bearer: await w.acme.assertion() })).status, 204)
   t.match(await call(`${g.dataUrl}/crm/customers/1`, { token: mine.token }), { status: 403, json: { error: { code: 'grant_revoked' } } })
   t.match((await api(u, 'GET', `/v1/requests/${mine.id}`, { bearer: await w.acme.assertion() })).json, { grant: { status: 'revoked' } })

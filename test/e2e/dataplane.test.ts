@@ -234,7 +234,7 @@ t.test('path tricks cannot leave the scope', async (t) => {
 
 t.test('a grant stops working when it expires, and revocation acts on the very next request', async (t) => {
   const { g } = await setup(t)
-  const short = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: 2 })
+  const short = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '2s' })
   t.equal((await call(`${g.dataUrl}/crm/a`, { token: short.token })).status, 200)
   await sleep(Date.parse(short.expires_at) - Date.now() + 50)
   const after = await call(`${g.dataUrl}/crm/a`, { token: short.token })
@@ -279,7 +279,7 @@ t.test('WebSockets: same checks on upgrade; closed when the grant ends or is rev
     })
     return { ws, closed }
   }
-  const short = await g.issue({ resource: 'billing-ws', scopes: ['GET /billing/**'], ttl: 2 })
+  const short = await g.issue({ resource: 'billing-ws', scopes: ['GET /billing/**'], ttl: '2s' })
   const a = await open(short.token)
   const echoed = new Promise<string>((resolve) => a.ws.once('message', (d) => resolve(d.toString())))
   a.ws.send('ping')

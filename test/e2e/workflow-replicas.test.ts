@@ -127,7 +127,7 @@ t.test('extend keeps an open WebSocket open and moves its cut-off, across replic
     upstream: upstream.url,
     principals: { entitlement: '        auto_approve: { max_duration: 5s, scopes: ["GET /crm/customers/**"] }' },
   })
-  const first = await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, { ...ASK, scopes: ['GET /crm/customers/**'], duration: 4 })
+  const first = await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, { ...ASK, scopes: ['GET /crm/customers/**'], duration: '4s' })
   t.match(first.json, { status: 'approved', decided_by: 'auto-approval', token: /^eyJ/ })
   const firstExpiry = Date.parse(first.json.grant.expires_at as string)
 
@@ -138,7 +138,7 @@ t.test('extend keeps an open WebSocket open and moves its cut-off, across replic
     ws.on('error', reject)
   })
 
-  const ext = await api(p.b.controlUrl, 'POST', `/v1/requests/${first.json.id}/extend`, { bearer: await p.w.acme.assertion() }, { duration: 4, reason: 'still exporting' })
+  const ext = await api(p.b.controlUrl, 'POST', `/v1/requests/${first.json.id}/extend`, { bearer: await p.w.acme.assertion() }, { duration: '4s', reason: 'still exporting' })
   t.match(ext, { status: 201, json: { kind: 'extension', status: 'approved', extends: first.json.id, grant: { status: 'active' } } })
   const newExpiry = Date.parse(ext.json.grant.expires_at as string)
   t.equal(newExpiry, firstExpiry + 4000, 'the expiry moved by the extension')

@@ -308,6 +308,63 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       t.equal(await store.extend(grant.id, Date.now() + 60_000), null, 'an expired grant cannot be extended')
     })
 
+    t.test('claimExpired hands over each expired grant once, soonest expiry first', async (t) => {
+      let offset = 0
+      const store = await open(t, { now: () => Date.now() + offset })
+      const base = Date.now()
+      const a = makeGrant({ expiresAt: base + 10_000 })
+      const b = makeGrant({ expiresAt: base + 5_000 })
+      const later = makeGrant({ expiresAt: base + 60_000 })
+      for (const g of [a, b, later]) await store.create(g)
+      t.strictSame(await store.claimExpired(), [], 'nothing before an expiry')
+
+      offset = 20_000 // a and b have expired by the store's clock
+      t.strictSame(await store.list(), [later], 'listing does not consume expiries')
+      t.strictSame(await store.claimExpired(), [b, a], 'every field kept, soonest first')
+      t.strictSame(await store.claimExpired(), [], 'never twice')
+      t.strictSame(await store.get(a.id), { status: 'not_found' })
+      t.equal(await store.revoke(a.id, 'bob', 'too late'), null, 'a claimed grant cannot be revoked')
+      t.equal(await store.extend(b.id, base + 120_000), null, 'nor extended')
+      t.strictSame(await store.list(), [later])
+    })
+
+    t.test('a revoked grant is never handed over as expired', async (t) => {
+      let offset = 0
+      const store = await open(t, { now: () => Date.now() + offset })
+      const grant = makeGrant({ expiresAt: Date.now() + 5_000 })
+      await store.create(grant)
+      await store.revoke(grant.id, 'bob', 'x')
+      offset = 20_000
+      t.strictSame(await store.claimExpired(), [])
+    })
+
+    t.test('an extended grant is handed over at its new expiry only', async (t) => {
+      let offset = 0
+      const store = await open(t, { now: () => Date.now() + offset })
+      const base = Date.now()
+      const grant = makeGrant({ expiresAt: base + 5_000 })
+      await store.create(grant)
+      const extended = await store.extend(grant.id, base + 15_000)
+      offset = 10_000 // past the first expiry, before the new one
+      t.strictSame(await store.claimExpired(), [], 'not at the first expiry')
+      t.equal((await store.get(grant.id)).status, 'active')
+      offset = 20_000
+      t.strictSame(await store.claimExpired(), [extended], 'at the new one, with the new expiry')
+      t.strictSame(await store.claimExpired(), [])
+    })
+
+    t.test('concurrent claims hand each expired grant to exactly one caller', async (t) => {
+      let offset = 0
+      const store = await open(t, { now: () => Date.now() + offset })
+      const grants = Array.from({ length: 20 }, (_, i) => makeGrant({ expiresAt: Date.now() + 1_000 + i }))
+      for (const g of grants) await store.create(g)
+      offset = 10_000
+      const batches = await Promise.all(Array.from({ length: 5 }, () => store.claimExpired()))
+      const ids = batches.flat().map((g) => g.id)
+      t.equal(ids.length, grants.length, 'no grant twice')
+      t.strictSame(ids.sort(), grants.map((g) => g.id).sort(), 'every grant once')
+    })
+
     t.test('subscribers receive issued and revoked events', async (t) => {
       const store = await open(t)
       const rec = recordEvents(store)

@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t, { type Test } from 'tap'
-import { createRedisGrantStore } from '../../src/grants/redis-store.js'
+import { EXPIRY_RETENTION_MS, createRedisGrantStore } from '../../src/grants/redis-store.js'
 import { StoreUnavailableError, type Grant, type GrantStore, type RedisGrantStoreOptions } from '../../src/grants/types.js'
 import { startRedis } from '../helpers/redis-server.js'
 import {
@@ -112,12 +113,12 @@ t.test('keys: prefix, per-grant hash tag, TTLs that end with the grant', async (
   await store.create(long)
   await store.create(short)
 
-  t.strictSame(
-    (await raw.keys(`${keyPrefix}*`)).sort(),
-    [`${keyPrefix}grants`, `${keyPrefix}{${long.id}}:grant`, `${keyPrefix}{${short.id}}:grant`].sort(),
-  )
-  t.strictSame(await raw.keys(`*${long.id}*`), [`${keyPrefix}{${long.id}}:grant`], 'nothing outside the prefix')
+  const keysOf = (id: string) => [`${keyPrefix}{${id}}:expiry`, `${keyPrefix}{${id}}:grant`]
+  t.strictSame((await raw.keys(`${keyPrefix}*`)).sort(), [`${keyPrefix}grants`, ...keysOf(long.id), ...keysOf(short.id)].sort())
+  t.strictSame((await raw.keys(`*${long.id}*`)).sort(), keysOf(long.id), 'nothing outside the prefix')
   await expiresAt(t, raw, `${keyPrefix}{${long.id}}:grant`, long.expiresAt, 'grant key')
+  await expiresAt(t, raw, `${keyPrefix}{${long.id}}:expiry`, long.expiresAt + EXPIRY_RETENTION_MS, 'expiry record')
+  t.strictSame(JSON.parse((await raw.get(`${keyPrefix}{${long.id}}:expiry`)) as string), long, 'the record holds the grant')
   t.equal(Number(await raw.zscore(`${keyPrefix}grants`, long.id)), long.expiresAt, 'indexed by expiry')
 
   await store.revoke(long.id, 'bob', 'x')
@@ -126,7 +127,7 @@ t.test('keys: prefix, per-grant hash tag, TTLs that end with the grant', async (
   t.strictSame(
     (await raw.keys(`${keyPrefix}*`)).sort(),
     [`${keyPrefix}{${long.id}}:revoked`, `${keyPrefix}{${short.id}}:revoked`].sort(),
-    'grant keys and index entries gone, tombstones left',
+    'grant keys, expiry records and index entries gone, tombstones left',
   )
   await expiresAt(t, raw, `${keyPrefix}{${long.id}}:revoked`, long.expiresAt, 'tombstone of a long grant')
   await expiresAt(t, raw, `${keyPrefix}{${short.id}}:revoked`, shortRevokedAt + 30_000, 'tombstone of a short grant')
@@ -178,6 +179,20 @@ t.test('Redis killed: every operation fails closed and fast, then recovers on re
     await s.create(fresh)
     t.strictSame(await s.get(fresh.id), { status: 'active', grant: fresh }, 'works again without a restart')
   }
+})
+
+t.test('a write refused while Redis was down never happens later, once Redis is back', async (t) => {
+  const store = open(t, { timeoutMs: TIMEOUT_MS })
+  await store.ping()
+  await redis.stop()
+  const grant = makeGrant()
+  // The API answers 503 "nothing was changed" for this: it must stay true.
+  await failsFast(t, 'create', () => store.create(grant), BOUND_MS)
+  await redis.start()
+  await eventually(() => store.ping())
+  // The store reconnected: an operation still queued for its connection would have run by now.
+  t.strictSame(await store.get(grant.id), { status: 'not_found' }, 'the refused create did not happen')
+  t.strictSame(await store.list(), [])
 })
 
 t.test('Redis hung (SIGSTOP): reads fail within the deadline, then work after SIGCONT', async (t) => {
@@ -236,4 +251,109 @@ t.test('subscribers recover after a Redis restart', async (t) => {
   const revocation = await a.revoke(grant.id, 'bob', 'after restart')
   t.strictSame(await eventsA.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation }, 'A resubscribed')
   t.strictSame(await eventsB.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation }, 'B subscribed late')
+})
+
+t.test('expiries: two replicas sweeping at once report each expired grant once; nothing is left behind', async (t) => {
+  const keyPrefix = newPrefix()
+  let offset = 0
+  const now = () => Date.now() + offset
+  const a = open(t, { keyPrefix, now })
+  const b = open(t, { keyPrefix, now })
+  const raw = rawClient(t)
+  const base = Date.now()
+  const grants = Array.from({ length: 60 }, (_, i) => makeGrant({ expiresAt: base + 5_000 + i }))
+  for (const [i, g] of grants.entries()) await (i % 2 ? a : b).create(g)
+  const revoked = grants.slice(0, 10)
+  for (const g of revoked) await b.revoke(g.id, 'bob', 'x')
+  const kept = makeGrant({ expiresAt: base + 60_000 })
+  await a.create(kept)
+
+  offset = 10_000
+  const sweeps = await Promise.all([a, b, a, b, a, b].map((s) => s.claimExpired()))
+  const ids = sweeps.flat().map((g) => g.id)
+  t.equal(ids.length, 50, 'no grant twice')
+  t.strictSame(ids.sort(), grants.slice(10).map((g) => g.id).sort(), 'every unrevoked grant once, no revoked one')
+  t.strictSame(await Promise.all([a.claimExpired(), b.claimExpired()]), [[], []])
+  t.strictSame(await raw.zrange(`${keyPrefix}grants`, 0, -1), [kept.id], 'the due index entries are gone')
+  t.strictSame(
+    (await raw.keys(`${keyPrefix}*`)).filter((k) => !k.endsWith(':revoked')).sort(),
+    [`${keyPrefix}grants`, `${keyPrefix}{${kept.id}}:expiry`, `${keyPrefix}{${kept.id}}:grant`].sort(),
+    'no expiry record, grant key or claim marker of a reported grant left',
+  )
+})
+
+t.test('expiries: an index entry behind the grant (its extension re-scored nothing) is moved, not reported', async (t) => {
+  const keyPrefix = newPrefix()
+  let offset = 0
+  const store = open(t, { keyPrefix, now: () => Date.now() + offset })
+  const raw = rawClient(t)
+  const base = Date.now()
+  const grant = makeGrant({ expiresAt: base + 5_000 })
+  await store.create(grant)
+  await store.extend(grant.id, base + 30_000)
+  await raw.zadd(`${keyPrefix}grants`, grant.expiresAt, grant.id) // as if the re-scoring had failed
+  offset = 10_000
+  t.strictSame(await store.claimExpired(), [])
+  t.equal(Number(await raw.zscore(`${keyPrefix}grants`, grant.id)), base + 30_000, 're-scored to the new expiry')
+  t.equal((await store.get(grant.id)).status, 'active')
+})
+
+t.test('expiries: a grant stored before expiry records existed is not reported, and still revocable', async (t) => {
+  const keyPrefix = newPrefix()
+  let offset = 0
+  const store = open(t, { keyPrefix, now: () => Date.now() + offset })
+  const raw = rawClient(t)
+  const old = makeGrant({ expiresAt: Date.now() + 5_000 })
+  const revocable = makeGrant({ expiresAt: Date.now() + 60_000 })
+  for (const g of [old, revocable]) {
+    await raw.set(`${keyPrefix}{${g.id}}:grant`, JSON.stringify(g), 'PX', 60_000)
+    await raw.zadd(`${keyPrefix}grants`, g.expiresAt, g.id)
+  }
+  t.ok(await store.revoke(revocable.id, 'bob', 'x'))
+  offset = 10_000
+  t.strictSame(await store.claimExpired(), [])
+  t.strictSame(await raw.zrange(`${keyPrefix}grants`, 0, -1), [], 'its index entry is removed')
+})
+
+t.test('expiries: Redis hung (SIGSTOP) across an expiry: the sweep fails fast, then reports it once', async (t) => {
+  const keyPrefix = newPrefix()
+  let offset = 0
+  const now = () => Date.now() + offset
+  const a = open(t, { keyPrefix, now, timeoutMs: TIMEOUT_MS })
+  const b = open(t, { keyPrefix, now, timeoutMs: TIMEOUT_MS })
+  const grant = makeGrant({ expiresAt: Date.now() + 5_000 })
+  await a.create(grant)
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  offset = 10_000 // the grant expires during the outage
+  await failsFast(t, 'claimExpired', () => a.claimExpired(), BOUND_MS)
+  await failsFast(t, 'claimExpired', () => b.claimExpired(), BOUND_MS)
+  redis.resume()
+  const after = await Promise.all([eventually(() => a.claimExpired()), eventually(() => b.claimExpired())])
+  t.strictSame(after.flat(), [grant], 'reported once, by one of them')
+})
+
+t.test('expiries: a claim whose answer was lost is reported by its claimer on the next sweep, by nobody else', async (t) => {
+  const keyPrefix = newPrefix()
+  let offset = 0
+  const now = () => Date.now() + offset
+  const errors: Error[] = []
+  const a = open(t, { keyPrefix, now, timeoutMs: TIMEOUT_MS })
+  const b = open(t, { keyPrefix, now, timeoutMs: TIMEOUT_MS, onError: (err) => errors.push(err) })
+  const raw = rawClient(t)
+  const grant = makeGrant({ expiresAt: Date.now() + 5_000 })
+  await a.create(grant)
+  offset = 10_000
+
+  // Reads go on, scripts wait: A finds the due entry, its claim runs only after A gave up on it.
+  const pauseMs = TIMEOUT_MS * 3
+  const pausedAt = Date.now()
+  await raw.call('CLIENT', 'PAUSE', String(pauseMs), 'WRITE')
+  await t.rejects(a.claimExpired(), StoreUnavailableError, "A's claim is not answered in time")
+  await sleep(pausedAt + pauseMs + 100 - Date.now())
+  t.strictSame(await b.claimExpired(), [], 'B, sweeping meanwhile, gets nothing: the claim happened')
+  t.strictSame(await a.claimExpired(), [grant], 'A asks again and gets it')
+  t.strictSame(await Promise.all([a.claimExpired(), b.claimExpired()]), [[], []], 'once')
+  t.strictSame(await raw.keys(`${keyPrefix}{${grant.id}}*`), [], 'nothing left of it')
 })

@@ -29,7 +29,9 @@ export interface TestGateway {
   readonly audit: AuditRecord[]
   /** Raw audit text (for secret scans). */
   auditText(): string
-  issue(body: { subject?: string; resource: string; scopes: string[]; ttl: string | number; reason?: string }): Promise<IssuedGrant>
+  /** The first audit event (so far or to come) matching `pred`; rejects after `withinMs`. */
+  waitForEvent(pred: (e: AuditRecord) => boolean, withinMs?: number): Promise<AuditRecord>
+  issue(body: { subject?: string; resource: string; scopes: string[]; ttl: string; reason?: string }): Promise<IssuedGrant>
   revoke(id: string, reason?: string): Promise<number>
   stop(): Promise<void>
 }
@@ -102,6 +104,15 @@ export async function startTestGateway(t: { teardown(fn: () => unknown): void },
     policyDir,
     audit,
     auditText: () => all,
+    async waitForEvent(pred, withinMs = 10_000) {
+      const deadline = Date.now() + withinMs
+      for (;;) {
+        const found = audit.find(pred)
+        if (found !== undefined) return found
+        if (Date.now() > deadline) throw new Error(`no matching audit event within ${withinMs} ms`)
+        await sleep(20)
+      }
+    },
     async issue(body) {
       const res = await request(`${gw.controlUrl}/v1/grants`, {
         method: 'POST',

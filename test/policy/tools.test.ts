@@ -134,7 +134,7 @@ t.test('policy explain names the resource, grant scope, entitlement and window',
   const dir = policyDir()
   const file = join(dir, 'p.yaml')
   const call = await cli(['policy', 'explain', '--dir', dir, '--subject', 'acme', '--scope', 'GET /crm/a/*', '--method', 'GET', '--path', '/crm/a/./b', '--at', '2026-12-07T18:30:00Z'])
-  t.equal(call.code, 0)
+  t.equal(call.code, 3, 'deny: exit 3')
   t.equal(
     call.stdout,
     [
@@ -150,6 +150,7 @@ t.test('policy explain names the resource, grant scope, entitlement and window',
     ].join('\n'),
   )
   const request = await cli(['policy', 'explain', '--dir', dir, '--request', '--subject', 'acme', '--resource', 'crm', '--scope', 'GET /crm/**', '--duration', '3h', '--at', MONDAY])
+  t.equal(request.code, 3, 'deny: exit 3')
   t.equal(
     request.stdout,
     [
@@ -163,6 +164,28 @@ t.test('policy explain names the resource, grant scope, entitlement and window',
   const usage = await cli(['policy', 'explain', '--dir', dir, '--subject', 'acme', '--scope', 'GET /x', '--method', 'GET', '--path', '/nowhere'])
   t.equal(usage.code, 2)
   t.match(usage.stderr, '--resource is required: no resource serves /nowhere')
+})
+
+t.test('policy explain: exit 0 on allow, 3 on deny, 1 on an error, 2 on a usage error; the help says so', async (t) => {
+  const dir = policyDir()
+  const call = (at: string) => ['policy', 'explain', '--dir', dir, '--subject', 'acme', '--scope', 'GET /crm/**', '--method', 'GET', '--path', '/crm/x', '--at', at]
+  const request = (duration: string) => ['policy', 'explain', '--dir', dir, '--request', '--subject', 'acme', '--resource', 'crm', '--scope', 'GET /crm/**', '--duration', duration, '--at', MONDAY]
+  const allowed = await cli(call(MONDAY))
+  t.equal(allowed.code, 0, 'a call inside the window: allow')
+  t.match(allowed.stdout, /decision {5}allow: /)
+  const denied = await cli(call('2026-12-05T10:00:00Z'))
+  t.equal(denied.code, 3, 'the same call on a Saturday: deny')
+  t.match(denied.stdout, /decision {5}deny outside_window \(403\)/)
+  t.equal((await cli(request('1h'))).code, 0, 'a request within the entitlement: allow')
+  t.equal((await cli(request('3h'))).code, 3, 'a request above max_duration: deny')
+  const broken = policyDir('resources: [{ id: Bad }]\n')
+  const error = await cli(['policy', 'explain', '--dir', broken, '--subject', 'acme', '--scope', 'GET /crm/**', '--method', 'GET', '--path', '/crm/x'])
+  t.equal(error.code, 1, 'a policy that does not load: an error, not a deny')
+  t.equal((await cli(['policy', 'explain', '--dir', dir, '--subject', 'acme'])).code, 2, 'a usage error')
+  const real = await runCli(call('2026-12-05T10:00:00Z'))
+  t.equal(real.code, 3, 'the real process exits 3 on deny')
+  const help = await cli(['policy', 'explain', '--help'])
+  t.match(help.stdout, 'Exit status: 0 allow, 3 deny, 1 error (e.g. the policy does not load), 2 usage error.')
 })
 
 t.test('policy diff: what changes, and which live grants of a running gateway it affects', async (t) => {

@@ -21,10 +21,20 @@ const where = (policy: Policy, item: object) => {
 }
 const row = (label: string, text: string) => `  ${label.padEnd(13)}${text}`
 
-/** Explains an HTTP call under a grant; the last line is the decision. */
-export async function explainCall(policy: Policy, c: CallCase): Promise<string[]> {
-  const lines = [`${c.method} ${c.path} by ${c.subject}, under a grant for ${c.grant.resource} [${c.grant.scopes.join('; ')}], at ${at(c.at)}`]
+/** An explanation: the lines to print, the last of which states the decision. */
+export interface Explanation {
+  readonly lines: readonly string[]
+  readonly decision: 'allow' | 'deny'
+}
+
+/** Explains an HTTP call under a grant. */
+export async function explainCall(policy: Policy, c: CallCase): Promise<Explanation> {
   const outcome = await evaluate(policy, (e) => e.call(c))
+  return { lines: callLines(policy, c, outcome), decision: outcome.decision }
+}
+
+function callLines(policy: Policy, c: CallCase, outcome: Outcome): string[] {
+  const lines = [`${c.method} ${c.path} by ${c.subject}, under a grant for ${c.grant.resource} [${c.grant.scopes.join('; ')}], at ${at(c.at)}`]
   const rawPath = c.path.split('?')[0] as string
   const normalized = normalizePath(rawPath)
   if (!normalized.ok) return [...lines, row('path', `cannot be normalised safely: ${normalized.reason}`), decision(outcome, 'call')]
@@ -67,13 +77,17 @@ export async function explainCall(policy: Policy, c: CallCase): Promise<string[]
   return [...lines, decision(outcome, 'call')]
 }
 
-/** Explains an access request; the last line is the decision. */
-export async function explainRequest(policy: Policy, r: RequestCase): Promise<string[]> {
+/** Explains an access request. */
+export async function explainRequest(policy: Policy, r: RequestCase): Promise<Explanation> {
+  const outcome = await evaluate(policy, (e) => e.request(r))
+  return { lines: requestLines(policy, r, outcome), decision: outcome.decision }
+}
+
+function requestLines(policy: Policy, r: RequestCase, outcome: Outcome): string[] {
   const lines = [
     `${r.subject} asks for ${r.resource} [${r.scopes.join('; ')}] for ${formatDuration(r.durationMs)} at ${at(r.at)}` +
       `${r.breakGlass ? ', break-glass' : ''}${r.ticket !== undefined ? `, ticket ${r.ticket}` : ''}`,
   ]
-  const outcome = await evaluate(policy, (e) => e.request(r))
   const sp = policy.principals.subprocessors.get(r.subject)
   if (!sp) return [...lines, row('subprocessor', `"${r.subject}" is not declared`), decision(outcome, 'request')]
   lines.push(row('subprocessor', `${sp.id} (${sp.name})${where(policy, sp)}, contract ends ${at(sp.contractEndsAt)}`))
