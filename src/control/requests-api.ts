@@ -34,6 +34,8 @@ export interface RequestsApiDeps {
 }
 
 const REQUEST_ID = /^r_[A-Za-z0-9_-]{22}$/
+/** Authentication refusals, audited where they arise (with the approver a TOTP code was tried for). */
+const AUTH_REFUSALS: ReadonlySet<string> = new Set(['credentials_invalid', 'assertion_replayed', 'reauthentication_required', 'mfa_invalid', 'mfa_locked'])
 const MAX_SCOPES = 64
 const MAX_TEXT = 512
 /** The actions on one request, and the body fields each accepts. */
@@ -56,7 +58,7 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
     } catch (err) {
       // Burning an assertion's jti or a TOTP code needs the store: without it, fail closed.
       if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-      if (err instanceof ApiError && (err.code === 'credentials_invalid' || err.code === 'assertion_replayed' || err.code === 'mfa_invalid' || err.code === 'mfa_locked')) {
+      if (err instanceof ApiError && AUTH_REFUSALS.has(err.code)) {
         const claimed = req.headers['x-jitgate-approver']
         deps.audit.emit('admin.denied', {
           request_id: ctx.requestId,

@@ -110,6 +110,18 @@ t.test('refusals over HTTP: self-approval, missing MFA, bad or reused TOTP, wron
   auditValid(t, g)
 })
 
+t.test('an ID token proving an old sign-in is refused (reauthentication_required), and audited', async (t) => {
+  const { g, w } = await setup(t)
+  const id = (await api(g.controlUrl, 'POST', '/v1/requests', { bearer: await w.acme.assertion() }, ASK)).json.id as string
+  const longAgo = Math.floor(Date.now() / 1000) - 13 * 3600
+  const stale = await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('bob', { auth_time: longAgo }) })
+  t.match(stale, { status: 401, json: { error: { code: 'reauthentication_required', details: [/auth_time\) is 13h old, more than max_age 12h/] } } }, 'the default max_age is 12h')
+  t.match(g.audit.at(-1), { event: 'admin.denied', code: 'reauthentication_required', status: 401, path: `/v1/requests/${id}/approve` })
+  t.equal(g.audit.filter((e) => e.event === 'admin.denied').length, 1, 'audited once')
+  t.match(await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('bob', { auth_time: longAgo + 3 * 3600 }) }), { status: 200 }, 'a sign-in 10 hours ago is recent enough')
+  auditValid(t, g)
+})
+
 t.test('guessing TOTP codes locks the approver after 5 wrong codes', async (t) => {
   const { g, w } = await setup(t)
   const u = g.controlUrl

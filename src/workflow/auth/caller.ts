@@ -40,7 +40,7 @@ export interface CallerAuthOptions {
 export type OperatorCheck = (req: IncomingMessage) => string | undefined
 
 export interface CallerAuth {
-  /** The verified caller; rejects with ApiError (`credentials_invalid`, `assertion_replayed`, `mfa_invalid`). */
+  /** The verified caller; rejects with ApiError (`credentials_invalid`, `assertion_replayed`, `reauthentication_required`, `mfa_invalid`, `mfa_locked`). */
   authenticate(req: IncomingMessage, operator: OperatorCheck): Promise<Caller>
 }
 
@@ -103,7 +103,7 @@ export function createCallerAuth(opts: CallerAuthOptions): CallerAuth {
       }
       if (opts.oidc !== undefined && iss === opts.oidc.issuer) {
         const result = await opts.oidc.verify(bearer.token)
-        if (!result.ok) throw invalid(`ID token: ${result.detail}`)
+        if (!result.ok) throw result.stale === true ? new ApiError('reauthentication_required', [result.detail]) : invalid(`ID token: ${result.detail}`)
         return { kind: 'approver', approver: oidcApprover(result.identity, opts.principals().mfa) }
       }
       const result = await opts.assertions.verify(bearer.token)
