@@ -122,6 +122,15 @@ export interface RequestStore {
    * (`ttlMs`). Used for assertion `jti`s and TOTP codes. Redis: `SET NX PX`.
    */
   claimOnce(key: string, ttlMs: number): Promise<boolean>
+  /**
+   * Counts one attempt under `key` and resolves with the number of attempts in the current window,
+   * this one included. The window is fixed: it opens at the first attempt and lasts `windowMs`,
+   * then the count starts again. Every replica sharing the store adds to the same count (TOTP
+   * lockout). Redis: `INCR`, plus `PEXPIRE` when the key is new, in one script.
+   */
+  countAttempt(key: string, windowMs: number): Promise<number>
+  /** Forgets the attempts counted under `key` (the count starts again from zero). */
+  clearAttempts(key: string): Promise<void>
   ping(): Promise<void>
   close(): Promise<void>
 }

@@ -80,6 +80,7 @@ export function startWorkflow(deps: WorkflowRuntimeDeps): WorkflowRuntime {
     }),
     oidc: oidc === undefined ? undefined : createOidcVerifier({ ...oidc, clockToleranceS: config.tokens.clockToleranceS }),
     claimOnce: (key, ttlMs) => requests.claimOnce(key, ttlMs),
+    attempts: { count: (key, windowMs) => requests.countAttempt(key, windowMs), clear: (key) => requests.clearAttempts(key) },
   })
 
   // Every replica sweeps; the store's compare-and-set makes each expiry and escalation happen once.

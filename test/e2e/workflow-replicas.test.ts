@@ -46,7 +46,10 @@ interface Pair {
   events(name: string): AuditRecord[]
 }
 
-async function replicas(t: Test, opts: { principals?: Parameters<typeof principalsYaml>[1]; config?: string; upstream?: string } = {}): Promise<Pair> {
+async function replicas(
+  t: Test,
+  opts: { principals?: Parameters<typeof principalsYaml>[1]; config?: string; upstream?: string; redisUrl?: string } = {},
+): Promise<Pair> {
   const w = await makeWorld(t, opts.config ?? '')
   const policy = `
 resources:
@@ -57,7 +60,7 @@ resources:
     websocket: true
 ${principalsYaml(w, opts.principals)}`
   const dataDir = mkdtempSync(join(tmpdir(), 'jitgate-wf-'))
-  const env = { ...w.env, REDIS_URL: redis.url, JITGATE_KEY_PREFIX: `wf${++prefixes}:`, HOOK_SECRET: 'hook-secret-0123456789' }
+  const env = { ...w.env, REDIS_URL: opts.redisUrl ?? redis.url, JITGATE_KEY_PREFIX: `wf${++prefixes}:`, HOOK_SECRET: 'hook-secret-0123456789' }
   const common = { policy, env, config: w.config, dataDir, ...(opts.upstream !== undefined ? { upstream: opts.upstream } : {}) }
   const a = await startTestGateway(t, common)
   const b = await startTestGateway(t, common)
@@ -159,4 +162,28 @@ t.test('extend keeps an open WebSocket open and moves its cut-off, across replic
   t.match(end, { code: 1008, reason: 'grant expired' })
   t.ok(end.at >= newExpiry - 50, 'closed at the new cut-off, not before')
   auditValid(t, p)
+})
+
+t.test('TOTP lockout is shared: 5 wrong codes spread over two replicas lock the approver on both', async (t) => {
+  const p = await replicas(t)
+  const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+  const right = p.w.bob.code()
+  const wrong = String((Number(right) + 500_000) % 1_000_000).padStart(6, '0')
+  for (const [i, g] of [p.a, p.b, p.a, p.b, p.b].entries()) {
+    t.match(await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.bob, totp: wrong }), { status: 403, json: { error: { code: 'mfa_invalid' } } }, `wrong code ${i + 1}`)
+  }
+  for (const g of [p.a, p.b]) {
+    t.match(await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.bob, totp: right }), { status: 429, json: { error: { code: 'mfa_locked' } } }, 'locked, even with the right code')
+  }
+  t.match(await api(p.b.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.alice }), { status: 200 }, 'another approver is not affected')
+  t.equal(p.events('admin.denied').filter((e) => e.code === 'mfa_locked' && e.actor === 'approver:bob').length, 2)
+  auditValid(t, p)
+})
+
+t.test('TOTP check fails closed while Redis is unreachable: store_unavailable, nothing counted as passed', async (t) => {
+  const own = await startRedis(t)
+  const p = await replicas(t, { redisUrl: own.url })
+  const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+  await own.stop()
+  t.match(await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.alice }), { status: 503, json: { error: { code: 'store_unavailable' } } })
 })
