@@ -24,7 +24,7 @@ import type { Approver } from '../workflow/auth/approvers.js'
 import type { GrantState, WorkflowService } from '../workflow/service.js'
 import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../workflow/request-store.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
-import { collect, parseTtl, readJson, stringField, type MountContext, type MountedApi } from './server.js'
+import { collect, parseTtl, readJson, stringField, type ApproverGrantActions, type MountContext, type MountedApi } from './server.js'
 
 export interface RequestsApiDeps {
   readonly workflow: WorkflowService
@@ -49,7 +49,7 @@ const ACTION_FIELDS: Readonly<Record<string, readonly string[]>> = {
   extend: ['duration', 'reason', 'ticket'],
 }
 
-export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
+export function createRequestsApi(deps: RequestsApiDeps): MountedApi & ApproverGrantActions {
   const now = deps.now ?? Date.now
 
   async function caller(req: IncomingMessage, ctx: MountContext, path: string): Promise<Caller> {
@@ -199,6 +199,14 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
   }
 
   return {
+    async revoke(req, ctx, grantId, reasonOf) {
+      const c = await caller(req, ctx, ctx.url.pathname)
+      if (c.kind === 'subprocessor') throw new ApiError('approver_only', ['a requester ends its own grant with POST /v1/requests/{id}/relinquish'])
+      const reason = await reasonOf()
+      if (!/^g_[A-Za-z0-9_-]{10,64}$/.test(grantId)) throw new ApiError('grant_not_found')
+      await deps.workflow.revokeGrant(grantId, c.kind === 'approver' ? c.approver : c.actor, reason, ctx)
+    },
+
     async handle(req, res, ctx) {
       const path = ctx.url.pathname
       if (path !== '/v1/requests' && !path.startsWith('/v1/requests/')) return false

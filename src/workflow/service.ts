@@ -106,6 +106,15 @@ export interface WorkflowService {
   relinquish(id: string, subject: string, ctx: CallContext): Promise<void>
   /** An approver (with MFA) or an operator revokes the request's grant. */
   revoke(id: string, by: Approver | string, reason: string, ctx: CallContext): Promise<void>
+  /**
+   * An approver (with MFA) or an operator revokes a grant by its id (`DELETE /v1/grants/{id}`).
+   * An approver may revoke a grant when it may decide the access request the grant came from (a
+   * member of one of its stage groups, or of its admitted escalation group), or when it is a member
+   * of a stage group (or admitted escalation group) of the approval policy of one of the grant's
+   * sub-processor's entitlements for the grant's resource, in the policy in force: whoever could
+   * approve such a grant may end it, whether it came from a request or from an operator.
+   */
+  revokeGrant(grantId: string, by: Approver | string, reason: string, ctx: CallContext): Promise<void>
   /** Asks to move the expiry of the grant of approved request `id`: a new request of kind `extension`. */
   extend(id: string, subject: string, input: ExtendRequestInput, ctx: CallContext): Promise<AccessRequest>
   /** Closes the after-the-fact review of a break-glass request. */
@@ -360,6 +369,26 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     return ap?.escalationAdmits === true && ap.escalationGroup !== undefined && isMember(a, pr.approverGroups.get(ap.escalationGroup))
   }
 
+  /** A member of a stage group of `ap`, or of its escalation group when the policy admits it. */
+  function inApprovalPolicy(a: Approver, ap: ApprovalPolicy | undefined, pr: Principals): boolean {
+    if (ap === undefined) return false
+    if (ap.stages.some((s) => isMember(a, pr.approverGroups.get(s.group)))) return true
+    return ap.escalationAdmits && ap.escalationGroup !== undefined && isMember(a, pr.approverGroups.get(ap.escalationGroup))
+  }
+
+  /** May revoke `grant` by its id: see `WorkflowService.revokeGrant`. */
+  async function mayRevokeGrant(a: Approver, grant: Grant): Promise<boolean> {
+    const pr = principals()
+    const sp = pr.subprocessors.get(grant.subject)
+    for (const e of sp?.entitlements ?? []) {
+      if (e.resource === grant.resource && inApprovalPolicy(a, pr.approvalPolicies.get(e.approval), pr)) return true
+    }
+    // The request the grant came from (its id derives from the grant's), judged by its own stages.
+    if (!grant.id.startsWith('g_')) return false
+    const r = await stored(() => deps.requests.get(`r_${grant.id.slice(2)}`))
+    return r !== undefined && r.grantId === grant.id && r.subject === grant.subject && mayDecide(a, r)
+  }
+
   /** Refusals shared by every approver action, in the order a caller can act on them. */
   function checkApprover(a: Approver, r: AccessRequest): void {
     if (isRequester(a, r.subject)) throw refuse('self_approval')
@@ -528,6 +557,19 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       }
       if (r.status !== 'approved') throw refuse('wrong_state', `the request is ${r.status}`)
       await revokeGrant(r, typeof by === 'string' ? by : by.id, reason, ctx)
+    },
+
+    async revokeGrant(grantId, by, reason, ctx) {
+      if (typeof by !== 'string') {
+        const lookup = await stored(() => deps.grantStore.get(grantId))
+        if (lookup.status !== 'active') throw refuse('grant_not_found')
+        if (isRequester(by, lookup.grant.subject)) throw refuse('self_approval', 'a requester ends its own grant with POST /v1/requests/{id}/relinquish')
+        if (!by.mfa) throw refuse('mfa_required')
+        if (!(await mayRevokeGrant(by, lookup.grant))) {
+          throw refuse('not_an_approver', `not in a group of an approval policy of "${lookup.grant.subject}" for "${lookup.grant.resource}"`)
+        }
+      }
+      await deps.grants.revoke(grantId, typeof by === 'string' ? by : by.id, reason, ctx.requestId)
     },
 
     async extend(id, subject, input, ctx) {

@@ -187,3 +187,22 @@ t.test('TOTP check fails closed while Redis is unreachable: store_unavailable, n
   await own.stop()
   t.match(await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.alice }), { status: 503, json: { error: { code: 'store_unavailable' } } })
 })
+
+t.test('an approver revokes through DELETE /v1/grants/{id} on one replica; the other refuses the grant at once', async (t) => {
+  const upstream = await startUpstream(t)
+  const p = await replicas(t, { upstream: upstream.url })
+  const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+  await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('bob') })
+  await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('00u-carol') })
+  const mine = (await api(p.a.controlUrl, 'GET', `/v1/requests/${id}`, { bearer: await p.w.acme.assertion() })).json
+  t.equal((await call(`${p.a.dataUrl}/crm/customers/1`, { token: mine.token })).status, 200)
+  const res = await fetch(`${p.b.controlUrl}/v1/grants/${mine.grant.id}`, {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${await p.w.idToken('00u-dave')}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ reason: 'incident closed' }),
+  })
+  t.equal(res.status, 204)
+  t.match(await call(`${p.a.dataUrl}/crm/customers/1`, { token: mine.token }), { status: 403, json: { error: { code: 'grant_revoked' } } })
+  t.match(p.events('grant.revoked'), [{ grant_id: mine.grant.id, actor: '00u-dave', reason: 'incident closed' }])
+  auditValid(t, p)
+})
