@@ -4,6 +4,7 @@
  * clock: expiry is checked lazily on every read, and a background sweep only reclaims memory.
  */
 import {
+  claimedGrant,
   GrantExistsError,
   StoreUnavailableError,
   type Grant,
@@ -147,6 +148,19 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       grants.set(id, extended)
       emit({ type: 'extended', grant: extended })
       return extended
+    },
+
+    async claim(given, at, maxDurationMs) {
+      assertOpen()
+      const t = now()
+      const grant = liveGrant(given.id, t)
+      if (grant === undefined) return null
+      if (grant.claim === undefined || grant.claim.claimedAt !== undefined) return { grant, claimed: false }
+      const claimed = claimedGrant({ ...grant, claim: grant.claim }, at, maxDurationMs)
+      if (claimed.expiresAt <= t) return null
+      const stored: Grant = Object.freeze({ ...claimed, claim: Object.freeze({ ...grant.claim, claimedAt: at }) })
+      grants.set(grant.id, stored)
+      return { grant: stored, claimed: true }
     },
 
     subscribe(listener) {

@@ -2,7 +2,8 @@
  * Redis grant store, shared by every gateway replica.
  *
  * Keys (P = keyPrefix, default `jitgate:`):
- *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does
+ *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does (an
+ *                  unclaimed grant's at the end of its claim-by window; claiming it moves the PX)
  *   P{id}:revoked  the revocation tombstone's JSON, PX = max(remaining grant time, minTombstoneMs)
  *   Pgrants        sorted set of grant ids scored by expiresAt, only for list()/count()
  *   Pevents        pub/sub channel carrying GrantEvent JSON
@@ -19,6 +20,7 @@
 import { Redis } from 'ioredis'
 import { connectionTarget, openFailClosedRedis, quit, reconnectOptions, reportErrors, toError } from './redis-connection.js'
 import {
+  claimedGrant,
   GrantExistsError,
   StoreUnavailableError,
   type Grant,
@@ -72,6 +74,22 @@ redis.call('PUBLISH', ARGV[4], '{"type":"extended","grant":' .. ARGV[2] .. '}')
 return 1
 `
 
+/**
+ * KEYS: grant. ARGV: the claimed grant JSON, its TTL ms. Claims the grant if it is still unclaimed
+ * (it has a claim window and no `claimedAt`): of racing replicas exactly one writes. Returns
+ * {1, written JSON} to the caller that claimed it, {0, stored JSON} when there was nothing to claim
+ * (no window, or claimed already: every caller ends up with the one claimed record), nil when the
+ * grant is gone (ended unclaimed, revoked).
+ */
+const CLAIM_LUA = `
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local claim = cjson.decode(raw).claim
+if type(claim) ~= 'table' or claim.claimedAt ~= nil then return {0, raw} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ARGV[1]}
+`
+
 /** Read-and-write attempts of one extend before it gives up on a grant that keeps changing. */
 const EXTEND_ATTEMPTS = 5
 
@@ -80,6 +98,7 @@ interface ScriptedRedis extends Redis {
   jitgateCreate(grantKey: string, tombKey: string, json: string, ttlMs: number, channel: string): Promise<number>
   jitgateRevoke(grantKey: string, tombKey: string, partial: string, minTombMs: number, channel: string): Promise<string | null>
   jitgateExtend(grantKey: string, current: string, next: string, ttlMs: number, channel: string): Promise<number>
+  jitgateClaim(grantKey: string, claimed: string, ttlMs: number): Promise<[number, string] | null>
 }
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
@@ -106,6 +125,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
       c.defineCommand('jitgateCreate', { numberOfKeys: 2, lua: CREATE_LUA })
       c.defineCommand('jitgateRevoke', { numberOfKeys: 2, lua: REVOKE_LUA })
       c.defineCommand('jitgateExtend', { numberOfKeys: 1, lua: EXTEND_LUA })
+      c.defineCommand('jitgateClaim', { numberOfKeys: 1, lua: CLAIM_LUA })
     },
   })
   const client = connection.client as ScriptedRedis
@@ -239,6 +259,27 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
           }
         }
         throw new Error(`grant ${id} kept changing during ${EXTEND_ATTEMPTS} extend attempts`)
+      })
+    },
+
+    claim(given, at, maxDurationMs) {
+      return op('claim', async () => {
+        if (given.claim === undefined || given.claim.claimedAt !== undefined) {
+          // Nothing to claim: answer from the store, as for a claimed grant.
+          const json = await client.get(grantKey(given.id))
+          const grant = json == null ? undefined : (JSON.parse(json) as Grant)
+          return grant === undefined || grant.expiresAt <= now() ? null : { grant, claimed: false }
+        }
+        const next = claimedGrant({ ...given, claim: given.claim }, at, maxDurationMs)
+        const ttlMs = next.expiresAt - now()
+        if (ttlMs <= 0) return null
+        const reply = await client.jitgateClaim(grantKey(given.id), JSON.stringify(next), ttlMs)
+        if (reply == null) return null
+        const grant = JSON.parse(reply[1]) as Grant
+        if (reply[0] !== 1) return grant.expiresAt > now() ? { grant, claimed: false } : null
+        // Only list() order depends on the score; a failure here is reported, not a failed claim.
+        await client.zadd(indexKey, 'XX', grant.expiresAt, grant.id).catch((err: unknown) => onError(toError(err)))
+        return { grant, claimed: true }
       })
     },
 

@@ -10,6 +10,7 @@ import {
   isRevoked,
   makeGrant,
   recordEvents,
+  unclaimedGrant,
   untilSubscribed,
 } from './contract.js'
 
@@ -220,4 +221,23 @@ t.test('subscribers recover after a Redis restart', async (t) => {
   const revocation = await a.revoke(grant.id, 'bob', 'after restart')
   t.strictSame(await eventsA.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation }, 'A resubscribed')
   t.strictSame(await eventsB.waitFor(isRevoked(grant.id)), { type: 'revoked', revocation }, 'B subscribed late')
+})
+
+t.test('claim: two replicas racing the first use claim once; the key\'s TTL follows the claimed expiry', async (t) => {
+  const keyPrefix = newPrefix()
+  const a = open(t, { keyPrefix })
+  const b = open(t, { keyPrefix })
+  const raw = rawClient(t)
+  for (let round = 0; round < 5; round++) {
+    const grant = unclaimedGrant({ withinMs: 60_000, durationMs: 600_000 })
+    await a.create(grant)
+    await expiresAt(t, raw, `${keyPrefix}{${grant.id}}:grant`, grant.expiresAt, 'unclaimed: the claim-by time')
+    const at = Date.now()
+    const [x, y] = await Promise.all([a.claim(grant, at, 3_600_000), b.claim(grant, at + 3, 3_600_000)])
+    t.same([x?.claimed, y?.claimed].sort(), [false, true], `round ${round}: exactly one replica claimed it`)
+    t.strictSame(x?.grant, y?.grant, 'both see the one claimed record')
+    const claimed = x?.grant as NonNullable<typeof x>['grant']
+    await expiresAt(t, raw, `${keyPrefix}{${grant.id}}:grant`, claimed.expiresAt, 'claimed: the claimed expiry')
+    t.equal(Number(await raw.zscore(`${keyPrefix}grants`, grant.id)), claimed.expiresAt, 'the index follows')
+  }
 })
