@@ -24,7 +24,7 @@ import type { Approver } from '../workflow/auth/approvers.js'
 import type { GrantState, WorkflowService } from '../workflow/service.js'
 import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../workflow/request-store.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
-import { collect, parseTtl, readJson, stringField, type ApproverGrantActions, type MountContext, type MountedApi } from './server.js'
+import { claimView, collect, parseTtl, readJson, stringField, type ApproverGrantActions, type MountContext, type MountedApi } from './server.js'
 
 export interface RequestsApiDeps {
   readonly workflow: WorkflowService
@@ -255,6 +255,7 @@ export function requestView(r: AccessRequest, now: number): Record<string, unkno
     resource: r.resource,
     scopes: r.scopes,
     duration_s: Math.round(r.durationMs / 1000),
+    claim_within_s: r.claimWithinMs === undefined ? undefined : Math.round(r.claimWithinMs / 1000),
     reason: r.reason,
     ticket: r.ticket,
     policy_version: r.policyVersion,
@@ -278,7 +279,8 @@ export function requestView(r: AccessRequest, now: number): Record<string, unkno
 
 function grantView(r: AccessRequest, state: GrantState): Record<string, unknown> {
   if (state.status !== 'active') return { id: r.grantId, status: state.status }
-  return { id: state.grant.id, status: 'active', starts_at: iso(state.grant.startsAt), expires_at: iso(state.grant.expiresAt) }
+  const g = state.grant
+  return { id: g.id, status: 'active', starts_at: iso(g.startsAt), expires_at: iso(g.expiresAt), ...(g.claim !== undefined ? { claim: claimView(g.claim) } : {}) }
 }
 
 function dropUndefined(o: Record<string, unknown>): Record<string, unknown> {

@@ -5,7 +5,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto'
 import type { Logger } from 'pino'
-import type { Grant, GrantStore } from '../grants/types.js'
+import type { Grant, GrantClaim, GrantStore } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import type { KeyRing } from '../authn/keys.js'
 import type { AuditLog } from '../audit/audit-log.js'
@@ -287,6 +287,22 @@ export function grantView(g: Grant): Record<string, unknown> {
     issued_by: g.issuedBy,
     ...(g.reason !== undefined ? { reason: g.reason } : {}),
     ...(g.policyVersion !== undefined ? { policy_version: g.policyVersion } : {}),
+    ...(g.claim !== undefined ? { claim: claimView(g.claim) } : {}),
+  }
+}
+
+/**
+ * The claim-by window of a grant (entitlement `claim_within`): `unclaimed` until its first use, by
+ * `claim_by` at the latest (until then the grant's `expires_at` is `claim_by`), then `claimed`, with
+ * `claimed_at` and an `expires_at` of first use + `duration_s`, never past `not_after`.
+ */
+export function claimView(c: GrantClaim): Record<string, unknown> {
+  return {
+    status: c.claimedAt === undefined ? 'unclaimed' : 'claimed',
+    claim_by: new Date(c.by).toISOString(),
+    duration_s: Math.round(c.durationMs / 1000),
+    not_after: new Date(c.notAfter).toISOString(),
+    ...(c.claimedAt !== undefined ? { claimed_at: new Date(c.claimedAt).toISOString() } : {}),
   }
 }
 

@@ -150,13 +150,13 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       return extended
     },
 
-    async claim(given, at, maxDurationMs) {
+    async claim(given, at) {
       assertOpen()
       const t = now()
       const grant = liveGrant(given.id, t)
       if (grant === undefined) return null
       if (grant.claim === undefined || grant.claim.claimedAt !== undefined) return { grant, claimed: false }
-      const claimed = claimedGrant({ ...grant, claim: grant.claim }, at, maxDurationMs)
+      const claimed = claimedGrant({ ...grant, claim: grant.claim }, at)
       if (claimed.expiresAt <= t) return null
       const stored: Grant = Object.freeze({ ...claimed, claim: Object.freeze({ ...grant.claim, claimedAt: at }) })
       grants.set(grant.id, stored)

@@ -262,7 +262,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
       })
     },
 
-    claim(given, at, maxDurationMs) {
+    claim(given, at) {
       return op('claim', async () => {
         if (given.claim === undefined || given.claim.claimedAt !== undefined) {
           // Nothing to claim: answer from the store, as for a claimed grant.
@@ -270,7 +270,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
           const grant = json == null ? undefined : (JSON.parse(json) as Grant)
           return grant === undefined || grant.expiresAt <= now() ? null : { grant, claimed: false }
         }
-        const next = claimedGrant({ ...given, claim: given.claim }, at, maxDurationMs)
+        const next = claimedGrant({ ...given, claim: given.claim }, at)
         const ttlMs = next.expiresAt - now()
         if (ttlMs <= 0) return null
         const reply = await client.jitgateClaim(grantKey(given.id), JSON.stringify(next), ttlMs)

@@ -48,12 +48,12 @@ export function isUnclaimed(grant: Grant): boolean {
 }
 
 /**
- * The grant as claimed by a first use at `at`: it expires `at` + its duration, the duration capped
- * at `maxDurationMs` (the resource's max_ttl in force), never past `claim.notAfter`, on a whole
- * second like the token's `exp`.
+ * The grant as claimed by a first use at `at`: it expires `at` + its duration (judged against the
+ * entitlement's max_duration and the resource's max_ttl when it was requested, like any grant's),
+ * never past `claim.notAfter` (the contract end), on a whole second like the token's `exp`.
  */
-export function claimedGrant(grant: Grant & { readonly claim: GrantClaim }, at: number, maxDurationMs: number): Grant {
-  const end = Math.min(at + Math.min(grant.claim.durationMs, maxDurationMs), grant.claim.notAfter)
+export function claimedGrant(grant: Grant & { readonly claim: GrantClaim }, at: number): Grant {
+  const end = Math.min(at + grant.claim.durationMs, grant.claim.notAfter)
   return { ...grant, expiresAt: Math.floor(end / 1000) * 1000, claim: { ...grant.claim, claimedAt: at } }
 }
 
@@ -136,7 +136,7 @@ export interface GrantStore {
    * it (a grant without a claim window, or claimed already, comes back unchanged), or null when no
    * active grant has this id (never issued, ended unclaimed, revoked).
    */
-  claim(grant: Grant, at: number, maxDurationMs: number): Promise<ClaimResult | null>
+  claim(grant: Grant, at: number): Promise<ClaimResult | null>
   /**
    * Subscribes to grant events from every replica (including this one). Returns unsubscribe.
    * Delivery is asynchronous and best effort: the Redis subscription goes live a moment after the

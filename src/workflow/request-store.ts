@@ -80,9 +80,19 @@ export interface AccessRequest {
   readonly grantId: string
   /** Extension: the request whose grant it extends. */
   readonly extends?: string
-  /** Set on approval: the grant's validity (the expiry already capped by the contract end). */
+  /**
+   * The entitlement's claim-by window (`claim_within`), recorded when the request was judged (access
+   * requests only): the grant's clock starts at its first use within this long after approval.
+   */
+  readonly claimWithinMs?: number
+  /**
+   * Set on approval: the grant's validity (the expiry already capped by the contract end). With a
+   * claim-by window, `grantExpiresAt` is the latest the grant could end (`Grant.claim.notAfter`)
+   * and `grantClaimBy` when the unclaimed grant ends unless it is used.
+   */
   readonly grantStartsAt?: number
   readonly grantExpiresAt?: number
+  readonly grantClaimBy?: number
   readonly review?: BreakGlassReview
 }
 

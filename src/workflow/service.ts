@@ -34,7 +34,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Grant, GrantStore } from '../grants/types.js'
-import { StoreUnavailableError } from '../grants/types.js'
+import { isUnclaimed, StoreUnavailableError } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import type { ApprovalPolicy, Entitlement, Principals, Subprocessor } from '../policy/principals.js'
 import type { TokenIssuer } from '../authn/token.js'
@@ -51,6 +51,9 @@ import type { Notifier } from './notify.js'
 /** The actor of transitions the gateway makes by itself (expiry, escalation). */
 export const SYSTEM_ACTOR = 'system'
 export const AUTO_APPROVAL_ACTOR = 'auto-approval'
+
+/** Why an unclaimed grant cannot be extended. */
+const UNCLAIMED = 'the grant has not been used yet: its clock starts at its first use, so there is nothing to extend'
 
 /** Compare-and-set rounds before giving up on a request that keeps changing under us. */
 const MAX_ROUNDS = 8
@@ -242,36 +245,59 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
 
   /**
    * The grant validity an approval fixes: from now for a new grant; from the current expiry on for
-   * an extension (whose grant must still be active).
+   * an extension (whose grant must still be active, and used: an unclaimed grant's clock has not
+   * started). With a claim-by window, the unclaimed grant lives until `grantClaimBy` and at most
+   * until `grantExpiresAt` (claim-by time + duration, capped by the contract end).
    */
-  async function grantWindow(r: AccessRequest, t: number): Promise<{ grantStartsAt: number; grantExpiresAt: number }> {
+  async function grantWindow(r: AccessRequest, t: number): Promise<{ grantStartsAt: number; grantExpiresAt: number; grantClaimBy?: number }> {
     const sp = principals().subprocessors.get(r.subject)
     if (sp === undefined) throw refuse('not_entitled', `sub-processor "${r.subject}" is no longer in policy`)
     if (r.kind === 'extension') {
       const lookup = await stored(() => deps.grantStore.get(r.grantId))
       if (lookup.status !== 'active') throw refuse('wrong_state', 'the grant to extend is no longer active')
+      if (isUnclaimed(lookup.grant)) throw refuse('wrong_state', UNCLAIMED)
       const expiresAt = grantExpiry(lookup.grant.expiresAt + r.durationMs, sp)
       if (expiresAt <= lookup.grant.expiresAt) throw refuse('after_contract_end', 'the grant already lasts until the contract end')
       return { grantStartsAt: lookup.grant.startsAt, grantExpiresAt: expiresAt }
+    }
+    if (r.claimWithinMs !== undefined) {
+      const claimBy = grantExpiry(t + r.claimWithinMs, sp)
+      if (claimBy <= t) throw refuse('after_contract_end', `the contract ends ${new Date(sp.contractEndsAt).toISOString()}`)
+      return { grantStartsAt: t, grantExpiresAt: grantExpiry(claimBy + r.durationMs, sp), grantClaimBy: claimBy }
     }
     const expiresAt = grantExpiry(t + r.durationMs, sp)
     if (expiresAt <= t) throw refuse('after_contract_end', `the contract ends ${new Date(sp.contractEndsAt).toISOString()}`)
     return { grantStartsAt: t, grantExpiresAt: expiresAt }
   }
 
+  /**
+   * Until when a grant found missing after the approval can only have never been issued (so
+   * issuing it now is a retry, never a second grant): its expiry; with a claim-by window, the
+   * earliest a claimed grant could have ended (claimed at approval at the earliest, it lasts its
+   * duration or until notAfter), and never past the claim-by time.
+   */
+  function reissueUntil(r: AccessRequest): number {
+    const expiresAt = r.grantExpiresAt as number
+    if (r.grantClaimBy === undefined) return expiresAt
+    const earliestEnd = Math.floor(Math.min((r.grantStartsAt as number) + r.durationMs, expiresAt) / 1000) * 1000
+    return Math.min(r.grantClaimBy, earliestEnd)
+  }
+
   /** The grant an approved access or break-glass request names: fully determined by the record. */
   function grantOf(r: AccessRequest): Grant {
+    const claimBy = r.grantClaimBy
     return {
       id: r.grantId,
       subject: r.subject,
       resource: r.resource,
       scopes: r.scopes,
       startsAt: r.grantStartsAt as number,
-      expiresAt: r.grantExpiresAt as number,
+      expiresAt: claimBy ?? (r.grantExpiresAt as number),
       createdAt: r.decidedAt as number,
       issuedBy: r.decidedBy as string,
       reason: r.reason,
       policyVersion: r.policyVersion,
+      ...(claimBy !== undefined ? { claim: { by: claimBy, durationMs: r.durationMs, notAfter: r.grantExpiresAt as number } } : {}),
     }
   }
 
@@ -461,6 +487,8 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       createdAt: t,
       expiresAt: t + approval.requestTtlMs,
       ...(approval.escalateAfterMs !== undefined ? { escalateAt: t + approval.escalateAfterMs } : {}),
+      // Break-glass grants start at once (an emergency is now); an extension moves a running grant.
+      ...(fields.kind === 'access' && judged.entitlement.claimWithinMs !== undefined ? { claimWithinMs: judged.entitlement.claimWithinMs } : {}),
       approvals: [],
     }
     if (approveAs === undefined) return r
@@ -578,6 +606,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       if (original.kind === 'break_glass') throw refuse('wrong_state', 'a break-glass grant cannot be extended: request access')
       const lookup = await stored(() => deps.grantStore.get(original.grantId))
       if (lookup.status !== 'active') throw refuse('wrong_state', 'the grant is no longer active')
+      if (isUnclaimed(lookup.grant)) throw refuse('wrong_state', UNCLAIMED)
       const t = now()
       const judged = judge(subject, original.resource, original.scopes, input.durationMs, input.ticket ?? original.ticket, 'extension', t)
       const r = await draft(
@@ -625,7 +654,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       // Approved but never issued (the issuing replica failed in between): issue the same grant
       // now. A revoked grant keeps its tombstone until it would have expired, so this can never
       // bring back a revoked grant.
-      if (lookup.status === 'not_found' && r.kind !== 'extension' && (r.grantExpiresAt as number) > now()) {
+      if (lookup.status === 'not_found' && r.kind !== 'extension' && reissueUntil(r) > now()) {
         await deps.grants.issueApproved(grantOf(r), { actor: r.decidedBy as string, requestId: ctx.requestId, accessRequestId: r.id })
         lookup = await stored(() => deps.grantStore.get(r.grantId))
       }

@@ -292,7 +292,7 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       await store.create(grant)
       t.strictSame(await store.get(grant.id), { status: 'active', grant }, 'unclaimed: it lives until its claim-by time')
       const at = Date.now()
-      const results = await Promise.all([store.claim(grant, at, 8 * 3_600_000), store.claim(grant, at + 7, 8 * 3_600_000), store.claim(grant, at + 9, 8 * 3_600_000)])
+      const results = await Promise.all([store.claim(grant, at), store.claim(grant, at + 7), store.claim(grant, at + 9)])
       t.equal(results.filter((r) => r?.claimed === true).length, 1, 'one of three concurrent claims wins')
       const winner = results.find((r) => r?.claimed === true)?.grant as Grant
       t.strictSame(
@@ -304,29 +304,26 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       t.ok([at, at + 7, at + 9].includes(claimedAt))
       t.strictSame(winner, { ...grant, expiresAt: Math.floor((claimedAt + 3_600_000) / 1000) * 1000, claim: { ...grant.claim, claimedAt } })
       t.strictSame(await store.get(grant.id), { status: 'active', grant: winner })
-      t.strictSame(await store.claim(grant, at + 1000, 8 * 3_600_000), { grant: winner, claimed: false }, 'claimed once: a later use changes nothing')
+      t.strictSame(await store.claim(grant, at + 1000), { grant: winner, claimed: false }, 'claimed once: a later use changes nothing')
       t.strictSame((await store.list()).find((g) => g.id === grant.id), winner)
 
       const plain = makeGrant()
       await store.create(plain)
-      t.strictSame(await store.claim(plain, at, 8 * 3_600_000), { grant: plain, claimed: false }, 'a grant without a claim window is left as it is')
-      t.equal(await store.claim(makeGrant(), at, 3_600_000), null, 'an unknown grant')
+      t.strictSame(await store.claim(plain, at), { grant: plain, claimed: false }, 'a grant without a claim window is left as it is')
+      t.equal(await store.claim(makeGrant(), at), null, 'an unknown grant')
       const revoked = unclaimedGrant({ withinMs: 60_000, durationMs: 60_000 })
       await store.create(revoked)
       await store.revoke(revoked.id, 'bob', 'x')
-      t.equal(await store.claim(revoked, at, 3_600_000), null, 'a revoked grant')
+      t.equal(await store.claim(revoked, at), null, 'a revoked grant')
       t.equal((await store.get(revoked.id)).status, 'revoked', 'stays revoked')
     })
 
-    t.test('a claimed expiry is capped by the resource\'s max_ttl and by notAfter', async (t) => {
+    t.test('a claimed expiry is capped by notAfter (the contract end)', async (t) => {
       const store = await open(t)
       const at = Date.now()
-      const capped = unclaimedGrant({ withinMs: 60_000, durationMs: 3_600_000 })
-      await store.create(capped)
-      t.equal((await store.claim(capped, at, 600_000))?.grant.expiresAt, Math.floor((at + 600_000) / 1000) * 1000, 'max_ttl in force')
       const late = unclaimedGrant({ withinMs: 60_000, durationMs: 3_600_000, notAfter: Math.floor((at + 120_000) / 1000) * 1000 })
       await store.create(late)
-      t.equal((await store.claim(late, at, 8 * 3_600_000))?.grant.expiresAt, Math.floor((at + 120_000) / 1000) * 1000, 'never past notAfter (the contract end)')
+      t.equal((await store.claim(late, at))?.grant.expiresAt, Math.floor((at + 120_000) / 1000) * 1000, 'never past notAfter (the contract end)')
     })
 
     t.test('an unclaimed grant ends at its claim-by time; a claimed one outlives it (real time)', async (t) => {
@@ -335,11 +332,11 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       const used = unclaimedGrant({ withinMs: 500, durationMs: 2_000 })
       await store.create(unused)
       await store.create(used)
-      const claimed = await store.claim(used, Date.now(), 3_600_000)
+      const claimed = await store.claim(used, Date.now())
       t.equal(claimed?.claimed, true)
       await sleep(unused.expiresAt + 400 - Date.now())
       t.equal((await store.get(unused.id)).status, 'not_found', 'unused within the window: gone')
-      t.equal(await store.claim(unused, Date.now(), 3_600_000), null, 'and can no longer be claimed')
+      t.equal(await store.claim(unused, Date.now()), null, 'and can no longer be claimed')
       t.equal((await store.get(used.id)).status, 'active', 'claimed: lives past its claim-by time')
     })
 

@@ -233,7 +233,7 @@ t.test('claim: two replicas racing the first use claim once; the key\'s TTL foll
     await a.create(grant)
     await expiresAt(t, raw, `${keyPrefix}{${grant.id}}:grant`, grant.expiresAt, 'unclaimed: the claim-by time')
     const at = Date.now()
-    const [x, y] = await Promise.all([a.claim(grant, at, 3_600_000), b.claim(grant, at + 3, 3_600_000)])
+    const [x, y] = await Promise.all([a.claim(grant, at), b.claim(grant, at + 3)])
     t.same([x?.claimed, y?.claimed].sort(), [false, true], `round ${round}: exactly one replica claimed it`)
     t.strictSame(x?.grant, y?.grant, 'both see the one claimed record')
     const claimed = x?.grant as NonNullable<typeof x>['grant']
