@@ -206,3 +206,25 @@ t.test('an approver revokes through DELETE /v1/grants/{id} on one replica; the o
   t.match(p.events('grant.revoked'), [{ grant_id: mine.grant.id, actor: '00u-dave', reason: 'incident closed' }])
   auditValid(t, p)
 })
+
+t.test('claim-by window: first uses racing on two replicas claim the grant once; both agree on its expiry', async (t) => {
+  const upstream = await startUpstream(t)
+  const p = await replicas(t, { upstream: upstream.url, principals: { entitlement: '        claim_within: 1h' } })
+  for (let round = 0; round < 3; round++) {
+    const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+    await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('bob') })
+    await api(p.b.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('00u-carol') })
+    const mine = (await api(p.b.controlUrl, 'GET', `/v1/requests/${id}`, { bearer: await p.w.acme.assertion() })).json
+    t.match(mine.grant, { status: 'active', claim: { status: 'unclaimed' } })
+    const statuses = await Promise.all([p.a, p.b, p.a, p.b].map(async (g) => (await call(`${g.dataUrl}/crm/customers/1`, { token: mine.token })).status))
+    t.same(statuses, [200, 200, 200, 200], `round ${round}: every first use passes`)
+    const claimed = p.events('grant.claimed').filter((e) => e.grant_id === mine.grant.id)
+    t.equal(claimed.length, 1, `round ${round}: claimed once across both replicas`)
+    const [fromA, fromB] = await Promise.all(
+      [p.a, p.b].map(async (g) => (await api(g.controlUrl, 'GET', `/v1/requests/${id}`, { admin: true })).json.grant),
+    )
+    t.match(fromA, { expires_at: claimed[0]?.expires_at, claim: { status: 'claimed', claimed_at: claimed[0]?.claimed_at } })
+    t.same(fromB, fromA, 'both replicas see the one claimed grant')
+  }
+  auditValid(t, p)
+})
