@@ -30,6 +30,10 @@
  * second as the token's `exp` is), and the grant is issued with an id derived from the request id.
  * Issuing is therefore idempotent: if the winner fails between the transition and the grant (a
  * crash, a store blip), the requester's next read issues the very same grant, never a second one.
+ *
+ * Claim-by window (entitlement `claim_within`, access requests only): the grant is issued unclaimed,
+ * living until approval + the window; its first use on the data plane starts its clock
+ * (decision/decide.ts, GrantStore.claim). The request records the window as judged.
  */
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
