@@ -186,6 +186,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     isDraining: () => draining,
     policyMismatch: () => live.mismatch(),
     requestsApi: workflow.api,
+    approverGrants: workflow.grantActions,
   })
 
   try {

@@ -50,6 +50,8 @@ export const FIELDS = {
   starts_at: Time('When the grant starts.'),
   expires_at: Time('When the grant (or request) expires.'),
   previous_expires_at: Time('The expiry before an extension.'),
+  claim_by: Time('A grant with a claim-by window (entitlement `claim_within`) ends at this instant unless it is used first; its clock starts at that first use.'),
+  claimed_at: Time("The first use of a grant with a claim-by window: the grant's clock started then."),
   store: Type.Union([Type.Literal('memory'), Type.Literal('redis')], { description: 'The grant store in use.' }),
   listen: Type.Record(Type.String(), Type.String(), { description: 'Listener URLs by plane (`data`, `control`).' }),
   policy_files: Type.Array(Type.String(), { description: 'Policy file names (no folders) the version was computed from.' }),
@@ -110,10 +112,18 @@ export const EVENTS = {
     optional: [],
   },
   'grant.issued': {
-    summary: 'A grant was created (by an operator through the API, or on final approval of an access request).',
+    summary:
+      'A grant was created (by an operator through the API, or on final approval of an access request). A grant with a claim-by window carries `claim_by`: until its first use it ends then (`expires_at` is the same instant), and `grant.claimed` follows at the first use.',
     emitter: 'control plane',
     required: ['request_id', 'actor', 'subject', 'grant_id', 'resource', 'scopes', 'starts_at', 'expires_at'],
-    optional: ['reason', 'access_request_id'],
+    optional: ['reason', 'access_request_id', 'claim_by'],
+  },
+  'grant.claimed': {
+    summary:
+      'The first use of a grant with a claim-by window (entitlement `claim_within`) started its clock: it now expires at `expires_at` (first use + duration, never past the contract end). Written once, by the replica whose request claimed it; `actor` is the sub-processor.',
+    emitter: 'data plane',
+    required: ['request_id', 'actor', 'subject', 'grant_id', 'resource', 'claimed_at', 'expires_at'],
+    optional: ['client_ip'],
   },
   'grant.revoked': {
     summary: 'A grant was revoked; the next request with its token is refused (`grant_revoked`) on every replica.',

@@ -44,6 +44,9 @@ export interface GrantRecord {
   issued_by?: string
   starts_at?: string
   expires_at?: string
+  /** Claim-by window: the unclaimed grant's deadline, and its first use once claimed. */
+  claim_by?: string
+  claimed_at?: string
   reason?: string
   access_request_id?: string
   break_glass: boolean
@@ -161,6 +164,7 @@ export async function buildEvidence(files: readonly string[], opts: ExportOption
           issued_by: str(e.actor),
           starts_at: str(e.starts_at),
           expires_at: str(e.expires_at),
+          ...(e.claim_by !== undefined ? { claim_by: str(e.claim_by) } : {}),
           ...(e.reason !== undefined ? { reason: str(e.reason) } : {}),
           ...(e.access_request_id !== undefined ? { access_request_id: str(e.access_request_id) } : {}),
         })
@@ -169,6 +173,9 @@ export async function buildEvidence(files: readonly string[], opts: ExportOption
       case 'grant.extended':
         grant(grantId ?? '', resource).extensions.push({ at: time, by: String(e.actor), expires_at: String(e.expires_at), previous_expires_at: String(e.previous_expires_at) })
         grant(grantId ?? '', resource).expires_at = String(e.expires_at)
+        return
+      case 'grant.claimed':
+        Object.assign(grant(grantId ?? '', resource), { claimed_at: str(e.claimed_at), expires_at: str(e.expires_at) })
         return
       case 'grant.revoked':
         Object.assign(grant(grantId ?? '', resource), { revoked_at: time, revoked_by: str(e.actor), revoke_reason: str(e.reason) })

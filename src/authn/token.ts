@@ -1,11 +1,12 @@
 /**
  * JIT tokens: compact JWS (EdDSA), header `typ: jit+jwt` and `kid`; claims iss, sub (sub-processor),
- * aud (resource), jti (grant id), iat, nbf, exp (= grant expiry). A token alone never suffices:
+ * aud (resource), jti (grant id), iat, nbf, exp (= grant expiry; for a grant still waiting for
+ * its first use, the latest it could end: see Grant.claim). A token alone never suffices:
  * the data plane also loads the live grant named by `jti` on every request.
  */
 import { SignJWT, jwtVerify, createLocalJWKSet, errors as joseErrors, type JWTPayload } from 'jose'
 import { TOKEN_ALG, type KeyRing } from './keys.js'
-import type { Grant } from '../grants/types.js'
+import { isUnclaimed, type Grant, type GrantClaim } from '../grants/types.js'
 
 export const TOKEN_TYP = 'jit+jwt'
 
@@ -41,7 +42,9 @@ export function createTokenIssuer(keys: KeyRing, issuer: string): TokenIssuer {
         .setJti(grant.id)
         .setIssuedAt(Math.floor(grant.createdAt / 1000))
         .setNotBefore(Math.floor(grant.startsAt / 1000))
-        .setExpirationTime(Math.floor(grant.expiresAt / 1000))
+        // An unclaimed grant's token must outlast a first use late in its claim-by window by the
+        // full duration: its exp is the latest the grant could end. The live grant still decides.
+        .setExpirationTime(Math.floor((isUnclaimed(grant) ? (grant.claim as GrantClaim).notAfter : grant.expiresAt) / 1000))
         .sign(keys.signing.key)
     },
   }

@@ -64,7 +64,16 @@ export interface GatewayConfig {
   readonly logLevel: LogLevel
   readonly approvers: {
     /** Approvers signing in with the organisation's OpenID Connect provider (ID tokens). */
-    readonly oidc: { readonly issuer: string; readonly jwksUrl: string; readonly audience: string; readonly groupsClaim: string } | undefined
+    readonly oidc:
+      | {
+          readonly issuer: string
+          readonly jwksUrl: string
+          readonly audience: string
+          readonly groupsClaim: string
+          /** ID tokens whose sign-in (`auth_time`, else `iat`) is older are refused (`reauthentication_required`). */
+          readonly maxAgeMs: number
+        }
+      | undefined
   }
   readonly workflow: { readonly sweepIntervalMs: number; readonly retentionMs: number }
   readonly notifications: {
@@ -216,6 +225,13 @@ function readSecretFile(
   }
 }
 
+/**
+ * How old an approver's sign-in may be (OIDC Core §3.1.2.1 `max_age`, enforced by the relying
+ * party): a working day. An approval is a privileged act; a token minted from a sign-in days ago
+ * (silent renewal, a laptop left unlocked) should not count as the approver being present.
+ */
+export const DEFAULT_OIDC_MAX_AGE_MS = 12 * 3_600_000
+
 /** The `approvers`, `workflow` and `notifications` sections, with webhook secrets read. */
 function workflowSettings(
   c: ConfigFile,
@@ -226,6 +242,8 @@ function workflowSettings(
 ): Pick<GatewayConfig, 'approvers' | 'workflow' | 'notifications'> {
   const ms = (v: string | undefined, dflt: number) => (v === undefined ? dflt : (parseDuration(v) as number))
   const oidc = c.approvers?.oidc
+  const maxAgeMs = ms(oidc?.max_age, DEFAULT_OIDC_MAX_AGE_MS)
+  if (maxAgeMs < 1000) issues.push(issueAt(source, ['approvers', 'oidc', 'max_age'], 'must be at least 1s'))
   const webhooks = (c.notifications?.webhooks ?? []).map((w, i): WebhookSpec => {
     const at = (key: string, message: string) => issues.push(issueAt(source, ['notifications', 'webhooks', i, key], message))
     const format = w.format ?? 'generic'
@@ -248,7 +266,10 @@ function workflowSettings(
   })
   return {
     approvers: {
-      oidc: oidc === undefined ? undefined : { issuer: oidc.issuer, jwksUrl: oidc.jwks_url, audience: oidc.audience, groupsClaim: oidc.groups_claim ?? 'groups' },
+      oidc:
+        oidc === undefined
+          ? undefined
+          : { issuer: oidc.issuer, jwksUrl: oidc.jwks_url, audience: oidc.audience, groupsClaim: oidc.groups_claim ?? 'groups', maxAgeMs },
     },
     workflow: {
       sweepIntervalMs: ms(c.workflow?.sweep_interval, 10_000),

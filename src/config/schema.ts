@@ -115,6 +115,9 @@ export const ConfigSchema = Type.Object(
                 jwks_url: Type.String({ pattern: '^https?://', description: "The provider's JWKS URL (fetched and cached)." }),
                 audience: Type.String({ minLength: 1, description: "The gateway's client id at the provider: the required `aud`." }),
                 groups_claim: Type.Optional(Type.String({ minLength: 1, description: 'The ID token claim listing the groups; default `groups`.' })),
+                max_age: Type.Optional(
+                  Duration('The oldest sign-in an ID token may prove: its `auth_time` (or `iat` without one) at most this long ago; default 12h.'),
+                ),
               },
               Strict,
             ),

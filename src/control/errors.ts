@@ -18,6 +18,7 @@ export const API_ERRORS = Object.freeze({
   ttl_exceeds_max: { status: 422, message: "The ttl exceeds the resource's max_ttl." },
   grant_not_found: { status: 404, message: 'No active grant with this id (it may have expired or been revoked already).' },
   credentials_invalid: { status: 401, message: 'The bearer credential (a sub-processor assertion or an approver ID token) is not valid.' },
+  reauthentication_required: { status: 401, message: 'The ID token proves a sign-in older than the configured max_age: sign in again.' },
   assertion_replayed: { status: 401, message: 'This assertion was already used: sign a new one, with a fresh jti, for every call.' },
   request_not_found: { status: 404, message: 'No access request with this id (or not yours).' },
   requester_only: { status: 403, message: 'Only the requesting sub-processor may do this.' },

@@ -100,6 +100,7 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
       starts_at: new Date(grant.startsAt).toISOString(),
       expires_at: new Date(grant.expiresAt).toISOString(),
       ...(grant.reason !== undefined ? { reason: grant.reason } : {}),
+      ...(grant.claim !== undefined ? { claim_by: new Date(grant.claim.by).toISOString() } : {}),
     })
     return true
   }

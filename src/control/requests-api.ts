@@ -24,7 +24,7 @@ import type { Approver } from '../workflow/auth/approvers.js'
 import type { GrantState, WorkflowService } from '../workflow/service.js'
 import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../workflow/request-store.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
-import { bodyError, collect, durationField, readJson, stringField, type MountContext, type MountedApi } from './server.js'
+import { bodyError, claimView, collect, durationField, readJson, stringField, type ApproverGrantActions, type MountContext, type MountedApi } from './server.js'
 import { isBareNumber } from '../util/duration.js'
 
 export interface RequestsApiDeps {
@@ -35,6 +35,8 @@ export interface RequestsApiDeps {
 }
 
 const REQUEST_ID = /^r_[A-Za-z0-9_-]{22}$/
+/** Authentication refusals, audited where they arise (with the approver a TOTP code was tried for). */
+const AUTH_REFUSALS: ReadonlySet<string> = new Set(['credentials_invalid', 'assertion_replayed', 'reauthentication_required', 'mfa_invalid', 'mfa_locked'])
 const MAX_SCOPES = 64
 const MAX_TEXT = 512
 /** The actions on one request, and the body fields each accepts. */
@@ -48,7 +50,7 @@ const ACTION_FIELDS: Readonly<Record<string, readonly string[]>> = {
   extend: ['duration', 'reason', 'ticket'],
 }
 
-export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
+export function createRequestsApi(deps: RequestsApiDeps): MountedApi & ApproverGrantActions {
   const now = deps.now ?? Date.now
 
   async function caller(req: IncomingMessage, ctx: MountContext, path: string): Promise<Caller> {
@@ -57,7 +59,7 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
     } catch (err) {
       // Burning an assertion's jti or a TOTP code needs the store: without it, fail closed.
       if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-      if (err instanceof ApiError && (err.code === 'credentials_invalid' || err.code === 'assertion_replayed' || err.code === 'mfa_invalid' || err.code === 'mfa_locked')) {
+      if (err instanceof ApiError && AUTH_REFUSALS.has(err.code)) {
         const claimed = req.headers['x-jitgate-approver']
         deps.audit.emit('admin.denied', {
           request_id: ctx.requestId,
@@ -196,6 +198,14 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi {
   }
 
   return {
+    async revoke(req, ctx, grantId, reasonOf) {
+      const c = await caller(req, ctx, ctx.url.pathname)
+      if (c.kind === 'subprocessor') throw new ApiError('approver_only', ['a requester ends its own grant with POST /v1/requests/{id}/relinquish'])
+      const reason = await reasonOf()
+      if (!/^g_[A-Za-z0-9_-]{10,64}$/.test(grantId)) throw new ApiError('grant_not_found')
+      await deps.workflow.revokeGrant(grantId, c.kind === 'approver' ? c.approver : c.actor, reason, ctx)
+    },
+
     async handle(req, res, ctx) {
       const path = ctx.url.pathname
       if (path !== '/v1/requests' && !path.startsWith('/v1/requests/')) return false
@@ -244,6 +254,7 @@ export function requestView(r: AccessRequest, now: number): Record<string, unkno
     resource: r.resource,
     scopes: r.scopes,
     duration_s: Math.round(r.durationMs / 1000),
+    claim_within_s: r.claimWithinMs === undefined ? undefined : Math.round(r.claimWithinMs / 1000),
     reason: r.reason,
     ticket: r.ticket,
     policy_version: r.policyVersion,
@@ -267,7 +278,8 @@ export function requestView(r: AccessRequest, now: number): Record<string, unkno
 
 function grantView(r: AccessRequest, state: GrantState): Record<string, unknown> {
   if (state.status !== 'active') return { id: r.grantId, status: state.status }
-  return { id: state.grant.id, status: 'active', starts_at: iso(state.grant.startsAt), expires_at: iso(state.grant.expiresAt) }
+  const g = state.grant
+  return { id: g.id, status: 'active', starts_at: iso(g.startsAt), expires_at: iso(g.expiresAt), ...(g.claim !== undefined ? { claim: claimView(g.claim) } : {}) }
 }
 
 function dropUndefined(o: Record<string, unknown>): Record<string, unknown> {

@@ -5,7 +5,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto'
 import type { Logger } from 'pino'
-import type { Grant, GrantStore } from '../grants/types.js'
+import type { Grant, GrantClaim, GrantStore } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import type { KeyRing } from '../authn/keys.js'
 import type { AuditLog } from '../audit/audit-log.js'
@@ -33,6 +33,17 @@ export interface ControlPlaneDeps {
   readonly policyMismatch?: () => { readonly announced: string; readonly origin: string; readonly local: string } | undefined
   /** The access-request API (requests-api.ts), mounted under `/v1/requests`. */
   readonly requestsApi?: MountedApi
+  /** Approvers' actions on `/v1/grants` (requests-api.ts); without it, only operators are served there. */
+  readonly approverGrants?: ApproverGrantActions
+}
+
+/**
+ * Approvers acting on `/v1/grants/{id}`, authenticated as on `/v1/requests` (an OIDC ID token, or
+ * a local approver with the operator credential, `X-Jitgate-Approver` and a TOTP code).
+ */
+export interface ApproverGrantActions {
+  /** Authenticates the caller, then revokes the grant as that approver; refusals are ApiErrors. */
+  revoke(req: IncomingMessage, ctx: MountContext, grantId: string, reason: () => Promise<string>): Promise<void>
 }
 
 /** What a mounted API gets from the control plane for each call. */
@@ -52,6 +63,7 @@ const MAX_BODY_BYTES = 64 * 1024
 const ID_RE = new RegExp(ID_PATTERN)
 const GRANT_ID_RE = /^g_[A-Za-z0-9_-]{10,64}$/
 const MAX_SCOPES = 64
+const COMPACT_JWT = /^Bearer +[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+ *$/i
 
 export function createControlPlane(deps: ControlPlaneDeps): Server {
   const adminDigest = deps.adminToken === undefined ? undefined : sha256(deps.adminToken)
@@ -77,6 +89,17 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     } catch {
       return undefined
     }
+  }
+
+  /**
+   * A call on `/v1/grants/{id}` from an approver rather than an operator: it names a local
+   * approver (`X-Jitgate-Approver`), or its bearer is a JWT (an ID token; a sub-processor's
+   * assertion is refused later as `approver_only`) and not the operator token. An operator's call
+   * (admin token, or none on an open loopback control plane) is served exactly as before.
+   */
+  function isApproverCall(req: IncomingMessage): boolean {
+    if (req.headers['x-jitgate-approver'] !== undefined) return true
+    return operatorOf(req) === undefined && COMPACT_JWT.test(req.headers.authorization ?? '')
   }
 
   async function route(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
@@ -114,15 +137,24 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     }
     const m = /^\/v1\/grants\/([^/]+)$/.exec(path)
     if (m) {
-      const actor = guard(req, requestId, path)
       const id = decodeURIComponent(m[1] as string)
-      if (!GRANT_ID_RE.test(id)) throw new ApiError('grant_not_found')
-      if (method === 'GET') return getGrant(res, id)
-      if (method === 'DELETE') {
+      /** The revocation reason: body `{"reason"}` or `?reason=`, required. */
+      const reasonOf = async (): Promise<string> => {
         const body = (req.headers['content-length'] ?? '0') !== '0' || req.headers['transfer-encoding'] ? await readJson(req) : {}
         const reason = stringField(body, 'reason', { optional: true, max: 512 }) ?? url.searchParams.get('reason') ?? ''
         if (reason.trim() === '') throw new ApiError('invalid_request', ['reason: a revocation needs a reason (body {"reason"} or ?reason=)'])
-        await deps.grants.revoke(id, actor, bounded(reason), requestId)
+        return bounded(reason)
+      }
+      if (method === 'DELETE' && deps.approverGrants !== undefined && isApproverCall(req)) {
+        await deps.approverGrants.revoke(req, { requestId, url, operator: operatorOf }, id, reasonOf)
+        res.writeHead(204, { 'x-request-id': requestId }).end()
+        return
+      }
+      const actor = guard(req, requestId, path)
+      if (!GRANT_ID_RE.test(id)) throw new ApiError('grant_not_found')
+      if (method === 'GET') return getGrant(res, id)
+      if (method === 'DELETE') {
+        await deps.grants.revoke(id, actor, await reasonOf(), requestId)
         res.writeHead(204, { 'x-request-id': requestId }).end()
         return
       }
@@ -262,6 +294,22 @@ export function grantView(g: Grant): Record<string, unknown> {
     issued_by: g.issuedBy,
     ...(g.reason !== undefined ? { reason: g.reason } : {}),
     ...(g.policyVersion !== undefined ? { policy_version: g.policyVersion } : {}),
+    ...(g.claim !== undefined ? { claim: claimView(g.claim) } : {}),
+  }
+}
+
+/**
+ * The claim-by window of a grant (entitlement `claim_within`): `unclaimed` until its first use, by
+ * `claim_by` at the latest (until then the grant's `expires_at` is `claim_by`), then `claimed`, with
+ * `claimed_at` and an `expires_at` of first use + `duration_s`, never past `not_after`.
+ */
+export function claimView(c: GrantClaim): Record<string, unknown> {
+  return {
+    status: c.claimedAt === undefined ? 'unclaimed' : 'claimed',
+    claim_by: new Date(c.by).toISOString(),
+    duration_s: Math.round(c.durationMs / 1000),
+    not_after: new Date(c.notAfter).toISOString(),
+    ...(c.claimedAt !== undefined ? { claimed_at: new Date(c.claimedAt).toISOString() } : {}),
   }
 }
 

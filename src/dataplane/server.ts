@@ -82,6 +82,22 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     })
   }
 
+  /** The first use of a grant with a claim-by window started its clock (decided once, across replicas). */
+  function recordClaim(req: IncomingMessage, d: Decision & { allow: true }, requestId: string): void {
+    const claimedAt = d.grant.claim?.claimedAt
+    if (d.claimed !== true || claimedAt === undefined) return
+    audit.emit('grant.claimed', {
+      request_id: requestId,
+      actor: d.grant.subject,
+      subject: d.grant.subject,
+      grant_id: d.grant.id,
+      resource: d.resource.id,
+      claimed_at: new Date(claimedAt).toISOString(),
+      expires_at: new Date(d.grant.expiresAt).toISOString(),
+      client_ip: req.socket.remoteAddress ?? '',
+    })
+  }
+
   function targetFor(req: IncomingMessage, d: Decision & { allow: true }, requestId: string, upgrade: boolean): ForwardTarget {
     return {
       origin: d.resource.origin,
@@ -110,6 +126,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       recordDeny(req, d, requestId, started, 'http')
       return
     }
+    recordClaim(req, d, requestId)
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
     const outcome = await forwarder.forward(req, res, targetFor(req, d, requestId, false))
@@ -157,6 +174,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       recordDeny(req, d, requestId, started, 'websocket')
       return
     }
+    recordClaim(req, d, requestId)
     const result = await forwarder.upgrade(req, socket, head, targetFor(req, d, requestId, true))
     const base = {
       request_id: requestId,

@@ -1,6 +1,7 @@
 /**
  * The per-request decision, as a value: route → token → grant → scope → entitlement (the policy in
- * force still entitles the grant: policy/entitlements.ts). Default deny: every path
+ * force still entitles the grant: policy/entitlements.ts) → claim (the first use of a grant with a
+ * claim-by window starts its clock). Default deny: every path
  * through this function that is not the final `allow` returns a deny code. Infrastructure faults
  * (the grant store failing or timing out) map to `store_unavailable`, never to allow.
  */
@@ -9,7 +10,7 @@ import { compileScopes, type ScopeSet } from '../policy/scope.js'
 import type { Policy, Resource } from '../policy/policy.js'
 import { assessGrant, checkGrantUse, type GrantStanding } from '../policy/entitlements.js'
 import { extractBearer, type TokenClaims, type TokenVerifier } from '../authn/token.js'
-import type { Grant, GrantStore } from '../grants/types.js'
+import { isUnclaimed, type Grant, type GrantStore } from '../grants/types.js'
 import type { DenyCode } from './codes.js'
 
 export interface DecisionInput {
@@ -30,6 +31,8 @@ export interface Allow {
   readonly path: string
   /** The query string including `?`, or `''`; it never takes part in a decision. */
   readonly query: string
+  /** This request was the first use of a grant with a claim-by window: it started the grant's clock. */
+  readonly claimed?: true
 }
 
 export interface Deny {
@@ -133,6 +136,20 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (!use.ok) return { allow: false, code: use.code, detail: use.detail, ...who }
       if (input.upgrade && !resource.websocket) {
         return { allow: false, code: 'websocket_not_allowed', detail: 'resource does not accept WebSockets', ...who }
+      }
+      // A grant waiting for its first use: this request, having passed every other check, starts
+      // its clock. One more store call, on the first use only; afterwards the grant read above is
+      // already claimed and costs nothing extra.
+      if (isUnclaimed(grant)) {
+        let result
+        try {
+          result = await deps.store.claim(grant, t)
+        } catch (err) {
+          deps.onStoreError?.('claim', err)
+          return { allow: false, code: 'store_unavailable', detail: 'grant store unavailable', ...who }
+        }
+        if (result === null) return { allow: false, code: 'grant_not_found', detail: 'the grant ended before its first use', ...who }
+        return { allow: true, resource, grant: result.grant, claims, path, query, ...(result.claimed ? { claimed: true as const } : {}) }
       }
       return { allow: true, resource, grant, claims, path, query }
     },

@@ -5,6 +5,7 @@
  * expired grant moves to `expired` until `claimExpired` hands it over (once).
  */
 import {
+  claimedGrant,
   GrantExistsError,
   StoreUnavailableError,
   type Grant,
@@ -164,6 +165,19 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       const claimed = [...expired.values()].sort(byExpiry)
       expired.clear()
       return claimed
+    },
+
+    async claim(given, at) {
+      assertOpen()
+      const t = now()
+      const grant = liveGrant(given.id, t)
+      if (grant === undefined) return null
+      if (grant.claim === undefined || grant.claim.claimedAt !== undefined) return { grant, claimed: false }
+      const claimed = claimedGrant({ ...grant, claim: grant.claim }, at)
+      if (claimed.expiresAt <= t) return null
+      const stored: Grant = Object.freeze({ ...claimed, claim: Object.freeze({ ...grant.claim, claimedAt: at }) })
+      grants.set(grant.id, stored)
+      return { grant: stored, claimed: true }
     },
 
     subscribe(listener) {

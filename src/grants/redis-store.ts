@@ -2,7 +2,8 @@
  * Redis grant store, shared by every gateway replica.
  *
  * Keys (P = keyPrefix, default `jitgate:`):
- *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does
+ *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does (an
+ *                  unclaimed grant's at the end of its claim-by window; claiming it moves the PX)
  *   P{id}:revoked  the revocation tombstone's JSON, PX = max(remaining grant time, minTombstoneMs)
  *   P{id}:expiry   the expiry record: the grant's JSON again, kept EXPIRY_RETENTION_MS past the
  *                  expiry, until one replica claims it (claimExpired); revoking deletes it
@@ -33,6 +34,7 @@ import { randomBytes } from 'node:crypto'
 import { Redis } from 'ioredis'
 import { connectionTarget, openFailClosedRedis, quit, reconnectOptions, reportErrors, toError } from './redis-connection.js'
 import {
+  claimedGrant,
   GrantExistsError,
   StoreUnavailableError,
   type Grant,
@@ -125,6 +127,25 @@ export const EXPIRY_RETENTION_MS = 7 * 86_400_000
 /** Due index entries one claimExpired call handles at most; the next call takes the rest. */
 const CLAIM_BATCH = 500
 
+/**
+ * KEYS: grant, expiry record. ARGV: the claimed grant JSON, its TTL ms, the record's TTL ms.
+ * Starts the clock of a grant with a claim-by window at its first use, if it is still unclaimed
+ * (a claim window and no `claimedAt`): of racing replicas exactly one writes, and the expiry
+ * record follows (so `grant.expired` comes at the claimed expiry). Returns {1, written JSON} to
+ * the caller that claimed it, {0, stored JSON} when there was nothing to claim (no window, or
+ * claimed already: every caller ends up with the one claimed record), nil when the grant is gone
+ * (ended unclaimed, revoked).
+ */
+const FIRST_USE_LUA = `
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local claim = cjson.decode(raw).claim
+if type(claim) ~= 'table' or claim.claimedAt ~= nil then return {0, raw} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+return {1, ARGV[1]}
+`
+
 /** Read-and-write attempts of one extend before it gives up on a grant that keeps changing. */
 const EXTEND_ATTEMPTS = 5
 
@@ -134,6 +155,7 @@ interface ScriptedRedis extends Redis {
   jitgateRevoke(grantKey: string, tombKey: string, expiryKey: string, partial: string, minTombMs: number, channel: string): Promise<string | null>
   jitgateExtend(grantKey: string, expiryKey: string, current: string, next: string, ttlMs: number, channel: string, recordTtlMs: number): Promise<number>
   jitgateClaim(grantKey: string, expiryKey: string, claimedKey: string, now: number, nonce: string, markerTtlMs: number): Promise<string | number | null>
+  jitgateFirstUse(grantKey: string, expiryKey: string, claimed: string, ttlMs: number, recordTtlMs: number): Promise<[number, string] | null>
 }
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
@@ -176,6 +198,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
       c.defineCommand('jitgateRevoke', { numberOfKeys: 3, lua: REVOKE_LUA })
       c.defineCommand('jitgateExtend', { numberOfKeys: 2, lua: EXTEND_LUA })
       c.defineCommand('jitgateClaim', { numberOfKeys: 3, lua: CLAIM_LUA })
+      c.defineCommand('jitgateFirstUse', { numberOfKeys: 2, lua: FIRST_USE_LUA })
     },
   })
   const client = connection.client as ScriptedRedis
@@ -403,6 +426,27 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
       if (failures.length > 0 && claimed.length === 0) throw failures[0]
       for (const err of failures) onError(toError(err))
       return claimed.sort((a, b) => a.expiresAt - b.expiresAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+    },
+
+    claim(given, at) {
+      return op('claim', async () => {
+        if (given.claim === undefined || given.claim.claimedAt !== undefined) {
+          // Nothing to claim: answer from the store, as for a claimed grant.
+          const json = await client.get(grantKey(given.id))
+          const grant = json == null ? undefined : (JSON.parse(json) as Grant)
+          return grant === undefined || grant.expiresAt <= now() ? null : { grant, claimed: false }
+        }
+        const next = claimedGrant({ ...given, claim: given.claim }, at)
+        const ttlMs = next.expiresAt - now()
+        if (ttlMs <= 0) return null
+        const reply = await client.jitgateFirstUse(grantKey(given.id), expiryKey(given.id), JSON.stringify(next), ttlMs, ttlMs + EXPIRY_RETENTION_MS)
+        if (reply == null) return null
+        const grant = JSON.parse(reply[1]) as Grant
+        if (reply[0] !== 1) return grant.expiresAt > now() ? { grant, claimed: false } : null
+        // Only list() order depends on the score; a failure here is reported, not a failed claim.
+        await client.zadd(indexKey, 'XX', grant.expiresAt, grant.id).catch((err: unknown) => onError(toError(err)))
+        return { grant, claimed: true }
+      })
     },
 
     subscribe(listener) {

@@ -19,6 +19,48 @@ export interface Grant {
   readonly issuedBy: string
   readonly reason?: string
   readonly policyVersion?: string
+  /**
+   * Claim-by window (entitlement `claim_within`): the grant's clock starts at its first use. While
+   * `claim.claimedAt` is unset the grant is *unclaimed* and `expiresAt` is `claim.by`: used by
+   * then, it is claimed (see GrantStore.claim); unused, it ends.
+   */
+  readonly claim?: GrantClaim
+}
+
+export interface GrantClaim {
+  /** The unclaimed grant ends at this instant unless it is used first. */
+  readonly by: number
+  /** How long the grant lasts from its first use (the request's duration). */
+  readonly durationMs: number
+  /**
+   * The latest the grant can ever end: `by` + the duration, capped by the contract end (a whole
+   * second). The token of an unclaimed grant carries it as `exp`, so a first use late in the window
+   * still gets the full duration.
+   */
+  readonly notAfter: number
+  /** The first use, once claimed; from then on `expiresAt` is the claimed expiry. */
+  readonly claimedAt?: number
+}
+
+/** True for a grant whose claim-by window is still open (no first use yet). */
+export function isUnclaimed(grant: Grant): boolean {
+  return grant.claim !== undefined && grant.claim.claimedAt === undefined
+}
+
+/**
+ * The grant as claimed by a first use at `at`: it expires `at` + its duration (judged against the
+ * entitlement's max_duration and the resource's max_ttl when it was requested, like any grant's),
+ * never past `claim.notAfter` (the contract end), on a whole second like the token's `exp`.
+ */
+export function claimedGrant(grant: Grant & { readonly claim: GrantClaim }, at: number): Grant {
+  const end = Math.min(at + grant.claim.durationMs, grant.claim.notAfter)
+  return { ...grant, expiresAt: Math.floor(end / 1000) * 1000, claim: { ...grant.claim, claimedAt: at } }
+}
+
+/** What GrantStore.claim resolves with: the grant as it now is, and whether this call claimed it. */
+export interface ClaimResult {
+  readonly grant: Grant
+  readonly claimed: boolean
 }
 
 export interface Revocation {
@@ -98,6 +140,16 @@ export interface GrantStore {
    * other instances never get it. Rejects with StoreUnavailableError when the store cannot be read.
    */
   claimExpired(): Promise<Grant[]>
+  /**
+   * Starts the clock of an unclaimed grant at its first use `at` (see claimedGrant): its expiry, and
+   * its record's TTL, become the claimed expiry. Exactly one call claims a grant, however many
+   * replicas race: every other caller gets the grant as that call claimed it. `grant` is the record
+   * as the caller read it (an unclaimed grant changes only by being claimed or revoked, so nothing
+   * is read again). Resolves the grant as it now is, `claimed: true` only for the call that claimed
+   * it (a grant without a claim window, or claimed already, comes back unchanged), or null when no
+   * active grant has this id (never issued, ended unclaimed, revoked).
+   */
+  claim(grant: Grant, at: number): Promise<ClaimResult | null>
   /**
    * Subscribes to grant events from every replica (including this one). Returns unsubscribe.
    * Delivery is asynchronous and best effort: the Redis subscription goes live a moment after the

@@ -249,6 +249,12 @@ export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrinci
     }
 
     const claimWithinMs = spec.claim_within === undefined ? undefined : atLeastOneSecond(spec.claim_within, ['claim_within'])
+    // Auto-approval grants access on demand: asking ahead and holding an unused grant gains nothing
+    // then, and would only let unused grants pile up. (Break-glass is allowed beside it: an
+    // emergency grant starts at once, whatever claim_within says.)
+    if (spec.claim_within !== undefined && spec.auto_approve !== undefined) {
+      fail(['claim_within'], 'claim_within cannot be combined with auto_approve: an auto-approved request is granted on demand; put the two in separate entitlements')
+    }
 
     let autoApprove: Entitlement['autoApprove']
     if (spec.auto_approve !== undefined) {

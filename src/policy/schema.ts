@@ -104,7 +104,14 @@ export const EntitlementSchema = Type.Object(
     ),
     enforce_window_at_use: Type.Optional(Type.Boolean({ description: 'Also deny data-plane requests outside the window.' })),
     require_ticket: Type.Optional(Type.Boolean()),
-    claim_within: Type.Optional(Duration),
+    claim_within: Type.Optional(
+      Type.String({
+        pattern: DURATION_PATTERN,
+        errorMessage: 'expected a duration such as 30s, 15m, 2h or 7d',
+        description:
+          "Claim-by window: an approved grant's clock starts at its first use within this long after approval (unused, it ends). Not with auto_approve; break-glass grants start at once.",
+      }),
+    ),
     auto_approve: Type.Optional(Type.Object({ max_duration: Duration, scopes: Scopes }, Strict)),
     break_glass: Type.Optional(Type.Object({ max_duration: Duration }, Strict)),
   },

@@ -23,6 +23,7 @@ export function createMemoryRequestStore(opts: RequestStoreOptions): RequestStor
   const now = opts.now ?? Date.now
   const requests = new Map<string, AccessRequest>()
   const claims = new Map<string, number>()
+  const attempts = new Map<string, { count: number; readonly until: number }>()
   let closed = false
 
   const live = (id: string, t: number): AccessRequest | undefined => {
@@ -35,6 +36,7 @@ export function createMemoryRequestStore(opts: RequestStoreOptions): RequestStor
     const t = now()
     for (const id of requests.keys()) live(id, t)
     for (const [key, until] of claims) if (until <= t) claims.delete(key)
+    for (const [key, a] of attempts) if (a.until <= t) attempts.delete(key)
   }
   // unref: an idle store must never keep the process alive.
   const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS).unref()
@@ -95,6 +97,20 @@ export function createMemoryRequestStore(opts: RequestStoreOptions): RequestStor
       return true
     },
 
+    async countAttempt(key, windowMs) {
+      assertOpen()
+      const t = now()
+      const current = attempts.get(key)
+      if (current !== undefined && current.until > t) return ++current.count
+      attempts.set(key, { count: 1, until: t + windowMs })
+      return 1
+    },
+
+    async clearAttempts(key) {
+      assertOpen()
+      attempts.delete(key)
+    },
+
     async ping() {
       assertOpen()
     },
@@ -104,6 +120,7 @@ export function createMemoryRequestStore(opts: RequestStoreOptions): RequestStor
       clearInterval(sweeper)
       requests.clear()
       claims.clear()
+      attempts.clear()
     },
   }
 }

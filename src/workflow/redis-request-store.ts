@@ -6,6 +6,7 @@
  *   Prequests        sorted set of request ids scored by createdAt, for list()
  *   Prequests:open   the same for pending requests and open reviews, for listOpen() (the sweeper)
  *   Ponce:<key>      single-use claims (assertion jti, TOTP code), SET NX PX
+ *   P{<key>}:attempts  attempt counters (TOTP codes tried per approver), INCR with a PX window
  * The compare-and-set runs as one Lua script on the request's own key, so it touches one Redis
  * Cluster slot. The two indexes are maintained next to it, not inside it (they live in other
  * slots); readers skip and prune entries whose record is gone or no longer open, so a stale
@@ -45,8 +46,19 @@ end
 return 1
 `
 
+/**
+ * KEYS: counter. ARGV: window ms. Counts one attempt; a new counter (or one left without an expiry)
+ * gets the window, so the count of one window can never outlive it. Returns the count.
+ */
+const ATTEMPT_LUA = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+`
+
 interface ScriptedRedis extends Redis {
   jitgateRequestUpdate(key: string, expectedVersion: number, json: string, pxMs: string): Promise<number>
+  jitgateAttempt(key: string, windowMs: number): Promise<number>
 }
 
 
@@ -58,6 +70,8 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
   const indexKey = `${prefix}requests`
   const openKey = `${prefix}requests:open`
   const claimKey = (key: string): string => `${prefix}once:${key}`
+  // A hash tag of its own: one counter, one Redis Cluster slot.
+  const attemptsKey = (key: string): string => `${prefix}{${key}}:attempts`
 
   const connection = openFailClosedRedis({
     url: opts.url,
@@ -65,7 +79,10 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
     onError,
     name: 'request store',
     passThrough: (err) => err instanceof RequestExistsError,
-    setup: (c) => c.defineCommand('jitgateRequestUpdate', { numberOfKeys: 1, lua: UPDATE_LUA }),
+    setup(c) {
+      c.defineCommand('jitgateRequestUpdate', { numberOfKeys: 1, lua: UPDATE_LUA })
+      c.defineCommand('jitgateAttempt', { numberOfKeys: 1, lua: ATTEMPT_LUA })
+    },
   })
   const client = connection.client as ScriptedRedis
   const op = connection.op
@@ -142,6 +159,16 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
 
     claimOnce(key, ttlMs) {
       return op('claimOnce', async () => (await client.set(claimKey(key), '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX')) === 'OK')
+    },
+
+    countAttempt(key, windowMs) {
+      return op('countAttempt', () => client.jitgateAttempt(attemptsKey(key), Math.max(1, Math.ceil(windowMs))))
+    },
+
+    clearAttempts(key) {
+      return op('clearAttempts', async () => {
+        await client.del(attemptsKey(key))
+      })
     },
 
     ping() {

@@ -80,9 +80,19 @@ export interface AccessRequest {
   readonly grantId: string
   /** Extension: the request whose grant it extends. */
   readonly extends?: string
-  /** Set on approval: the grant's validity (the expiry already capped by the contract end). */
+  /**
+   * The entitlement's claim-by window (`claim_within`), recorded when the request was judged (access
+   * requests only): the grant's clock starts at its first use within this long after approval.
+   */
+  readonly claimWithinMs?: number
+  /**
+   * Set on approval: the grant's validity (the expiry already capped by the contract end). With a
+   * claim-by window, `grantExpiresAt` is the latest the grant could end (`Grant.claim.notAfter`)
+   * and `grantClaimBy` when the unclaimed grant ends unless it is used.
+   */
   readonly grantStartsAt?: number
   readonly grantExpiresAt?: number
+  readonly grantClaimBy?: number
   readonly review?: BreakGlassReview
 }
 
@@ -122,6 +132,15 @@ export interface RequestStore {
    * (`ttlMs`). Used for assertion `jti`s and TOTP codes. Redis: `SET NX PX`.
    */
   claimOnce(key: string, ttlMs: number): Promise<boolean>
+  /**
+   * Counts one attempt under `key` and resolves with the number of attempts in the current window,
+   * this one included. The window is fixed: it opens at the first attempt and lasts `windowMs`,
+   * then the count starts again. Every replica sharing the store adds to the same count (TOTP
+   * lockout). Redis: `INCR`, plus `PEXPIRE` when the key is new, in one script.
+   */
+  countAttempt(key: string, windowMs: number): Promise<number>
+  /** Forgets the attempts counted under `key` (the count starts again from zero). */
+  clearAttempts(key: string): Promise<void>
   ping(): Promise<void>
   close(): Promise<void>
 }

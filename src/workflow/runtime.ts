@@ -11,7 +11,7 @@ import type { TokenIssuer } from '../authn/token.js'
 import type { AuditLog } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
 import type { GrantService } from '../control/grant-service.js'
-import type { MountedApi } from '../control/server.js'
+import type { ApproverGrantActions, MountedApi } from '../control/server.js'
 import { createRequestsApi } from '../control/requests-api.js'
 import { createMemoryRequestStore } from './memory-request-store.js'
 import { createRedisRequestStore } from './redis-request-store.js'
@@ -35,6 +35,8 @@ export interface WorkflowRuntimeDeps {
 
 export interface WorkflowRuntime {
   readonly api: MountedApi
+  /** Approvers revoking through `DELETE /v1/grants/{id}`. */
+  readonly grantActions: ApproverGrantActions
   /** Stops the sweeper, lets queued notifications go out (bounded), closes the request store. */
   stop(): Promise<void>
 }
@@ -80,6 +82,7 @@ export function startWorkflow(deps: WorkflowRuntimeDeps): WorkflowRuntime {
     }),
     oidc: oidc === undefined ? undefined : createOidcVerifier({ ...oidc, clockToleranceS: config.tokens.clockToleranceS }),
     claimOnce: (key, ttlMs) => requests.claimOnce(key, ttlMs),
+    attempts: { count: (key, windowMs) => requests.countAttempt(key, windowMs), clear: (key) => requests.clearAttempts(key) },
   })
 
   // Every replica sweeps; the store's compare-and-set makes each expiry and escalation happen once.
@@ -91,8 +94,10 @@ export function startWorkflow(deps: WorkflowRuntimeDeps): WorkflowRuntime {
       .finally(() => (sweeping = undefined))
   }, config.workflow.sweepIntervalMs).unref()
 
+  const api = createRequestsApi({ workflow: service, auth, audit: deps.audit })
   return {
-    api: createRequestsApi({ workflow: service, auth, audit: deps.audit }),
+    api,
+    grantActions: api,
     async stop() {
       clearInterval(sweeper)
       await sweeping

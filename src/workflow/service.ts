@@ -30,11 +30,15 @@
  * second as the token's `exp` is), and the grant is issued with an id derived from the request id.
  * Issuing is therefore idempotent: if the winner fails between the transition and the grant (a
  * crash, a store blip), the requester's next read issues the very same grant, never a second one.
+ *
+ * Claim-by window (entitlement `claim_within`, access requests only): the grant is issued unclaimed,
+ * living until approval + the window; its first use on the data plane starts its clock
+ * (decision/decide.ts, GrantStore.claim). The request records the window as judged.
  */
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Grant, GrantStore } from '../grants/types.js'
-import { StoreUnavailableError } from '../grants/types.js'
+import { isUnclaimed, StoreUnavailableError } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import type { ApprovalPolicy, Entitlement, Principals, Subprocessor } from '../policy/principals.js'
 import type { TokenIssuer } from '../authn/token.js'
@@ -51,6 +55,9 @@ import type { Notifier } from './notify.js'
 /** The actor of transitions the gateway makes by itself (expiry, escalation). */
 export const SYSTEM_ACTOR = 'system'
 export const AUTO_APPROVAL_ACTOR = 'auto-approval'
+
+/** Why an unclaimed grant cannot be extended. */
+const UNCLAIMED = 'the grant has not been used yet: its clock starts at its first use, so there is nothing to extend'
 
 /** Compare-and-set rounds before giving up on a request that keeps changing under us. */
 const MAX_ROUNDS = 8
@@ -106,6 +113,15 @@ export interface WorkflowService {
   relinquish(id: string, subject: string, ctx: CallContext): Promise<void>
   /** An approver (with MFA) or an operator revokes the request's grant. */
   revoke(id: string, by: Approver | string, reason: string, ctx: CallContext): Promise<void>
+  /**
+   * An approver (with MFA) or an operator revokes a grant by its id (`DELETE /v1/grants/{id}`).
+   * An approver may revoke a grant when it may decide the access request the grant came from (a
+   * member of one of its stage groups, or of its admitted escalation group), or when it is a member
+   * of a stage group (or admitted escalation group) of the approval policy of one of the grant's
+   * sub-processor's entitlements for the grant's resource, in the policy in force: whoever could
+   * approve such a grant may end it, whether it came from a request or from an operator.
+   */
+  revokeGrant(grantId: string, by: Approver | string, reason: string, ctx: CallContext): Promise<void>
   /** Asks to move the expiry of the grant of approved request `id`: a new request of kind `extension`. */
   extend(id: string, subject: string, input: ExtendRequestInput, ctx: CallContext): Promise<AccessRequest>
   /** Closes the after-the-fact review of a break-glass request. */
@@ -233,36 +249,59 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
 
   /**
    * The grant validity an approval fixes: from now for a new grant; from the current expiry on for
-   * an extension (whose grant must still be active).
+   * an extension (whose grant must still be active, and used: an unclaimed grant's clock has not
+   * started). With a claim-by window, the unclaimed grant lives until `grantClaimBy` and at most
+   * until `grantExpiresAt` (claim-by time + duration, capped by the contract end).
    */
-  async function grantWindow(r: AccessRequest, t: number): Promise<{ grantStartsAt: number; grantExpiresAt: number }> {
+  async function grantWindow(r: AccessRequest, t: number): Promise<{ grantStartsAt: number; grantExpiresAt: number; grantClaimBy?: number }> {
     const sp = principals().subprocessors.get(r.subject)
     if (sp === undefined) throw refuse('not_entitled', `sub-processor "${r.subject}" is no longer in policy`)
     if (r.kind === 'extension') {
       const lookup = await stored(() => deps.grantStore.get(r.grantId))
       if (lookup.status !== 'active') throw refuse('wrong_state', 'the grant to extend is no longer active')
+      if (isUnclaimed(lookup.grant)) throw refuse('wrong_state', UNCLAIMED)
       const expiresAt = grantExpiry(lookup.grant.expiresAt + r.durationMs, sp)
       if (expiresAt <= lookup.grant.expiresAt) throw refuse('after_contract_end', 'the grant already lasts until the contract end')
       return { grantStartsAt: lookup.grant.startsAt, grantExpiresAt: expiresAt }
+    }
+    if (r.claimWithinMs !== undefined) {
+      const claimBy = grantExpiry(t + r.claimWithinMs, sp)
+      if (claimBy <= t) throw refuse('after_contract_end', `the contract ends ${new Date(sp.contractEndsAt).toISOString()}`)
+      return { grantStartsAt: t, grantExpiresAt: grantExpiry(claimBy + r.durationMs, sp), grantClaimBy: claimBy }
     }
     const expiresAt = grantExpiry(t + r.durationMs, sp)
     if (expiresAt <= t) throw refuse('after_contract_end', `the contract ends ${new Date(sp.contractEndsAt).toISOString()}`)
     return { grantStartsAt: t, grantExpiresAt: expiresAt }
   }
 
+  /**
+   * Until when a grant found missing after the approval can only have never been issued (so
+   * issuing it now is a retry, never a second grant): its expiry; with a claim-by window, the
+   * earliest a claimed grant could have ended (claimed at approval at the earliest, it lasts its
+   * duration or until notAfter), and never past the claim-by time.
+   */
+  function reissueUntil(r: AccessRequest): number {
+    const expiresAt = r.grantExpiresAt as number
+    if (r.grantClaimBy === undefined) return expiresAt
+    const earliestEnd = Math.floor(Math.min((r.grantStartsAt as number) + r.durationMs, expiresAt) / 1000) * 1000
+    return Math.min(r.grantClaimBy, earliestEnd)
+  }
+
   /** The grant an approved access or break-glass request names: fully determined by the record. */
   function grantOf(r: AccessRequest): Grant {
+    const claimBy = r.grantClaimBy
     return {
       id: r.grantId,
       subject: r.subject,
       resource: r.resource,
       scopes: r.scopes,
       startsAt: r.grantStartsAt as number,
-      expiresAt: r.grantExpiresAt as number,
+      expiresAt: claimBy ?? (r.grantExpiresAt as number),
       createdAt: r.decidedAt as number,
       issuedBy: r.decidedBy as string,
       reason: r.reason,
       policyVersion: r.policyVersion,
+      ...(claimBy !== undefined ? { claim: { by: claimBy, durationMs: r.durationMs, notAfter: r.grantExpiresAt as number } } : {}),
     }
   }
 
@@ -360,6 +399,26 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     return ap?.escalationAdmits === true && ap.escalationGroup !== undefined && isMember(a, pr.approverGroups.get(ap.escalationGroup))
   }
 
+  /** A member of a stage group of `ap`, or of its escalation group when the policy admits it. */
+  function inApprovalPolicy(a: Approver, ap: ApprovalPolicy | undefined, pr: Principals): boolean {
+    if (ap === undefined) return false
+    if (ap.stages.some((s) => isMember(a, pr.approverGroups.get(s.group)))) return true
+    return ap.escalationAdmits && ap.escalationGroup !== undefined && isMember(a, pr.approverGroups.get(ap.escalationGroup))
+  }
+
+  /** May revoke `grant` by its id: see `WorkflowService.revokeGrant`. */
+  async function mayRevokeGrant(a: Approver, grant: Grant): Promise<boolean> {
+    const pr = principals()
+    const sp = pr.subprocessors.get(grant.subject)
+    for (const e of sp?.entitlements ?? []) {
+      if (e.resource === grant.resource && inApprovalPolicy(a, pr.approvalPolicies.get(e.approval), pr)) return true
+    }
+    // The request the grant came from (its id derives from the grant's), judged by its own stages.
+    if (!grant.id.startsWith('g_')) return false
+    const r = await stored(() => deps.requests.get(`r_${grant.id.slice(2)}`))
+    return r !== undefined && r.grantId === grant.id && r.subject === grant.subject && mayDecide(a, r)
+  }
+
   /** Refusals shared by every approver action, in the order a caller can act on them. */
   function checkApprover(a: Approver, r: AccessRequest): void {
     if (isRequester(a, r.subject)) throw refuse('self_approval')
@@ -432,6 +491,8 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       createdAt: t,
       expiresAt: t + approval.requestTtlMs,
       ...(approval.escalateAfterMs !== undefined ? { escalateAt: t + approval.escalateAfterMs } : {}),
+      // Break-glass grants start at once (an emergency is now); an extension moves a running grant.
+      ...(fields.kind === 'access' && judged.entitlement.claimWithinMs !== undefined ? { claimWithinMs: judged.entitlement.claimWithinMs } : {}),
       approvals: [],
     }
     if (approveAs === undefined) return r
@@ -530,12 +591,26 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       await revokeGrant(r, typeof by === 'string' ? by : by.id, reason, ctx)
     },
 
+    async revokeGrant(grantId, by, reason, ctx) {
+      if (typeof by !== 'string') {
+        const lookup = await stored(() => deps.grantStore.get(grantId))
+        if (lookup.status !== 'active') throw refuse('grant_not_found')
+        if (isRequester(by, lookup.grant.subject)) throw refuse('self_approval', 'a requester ends its own grant with POST /v1/requests/{id}/relinquish')
+        if (!by.mfa) throw refuse('mfa_required')
+        if (!(await mayRevokeGrant(by, lookup.grant))) {
+          throw refuse('not_an_approver', `not in a group of an approval policy of "${lookup.grant.subject}" for "${lookup.grant.resource}"`)
+        }
+      }
+      await deps.grants.revoke(grantId, typeof by === 'string' ? by : by.id, reason, ctx.requestId)
+    },
+
     async extend(id, subject, input, ctx) {
       const original = await loadOwn(id, subject)
       if (original.status !== 'approved') throw refuse('wrong_state', `the request is ${original.status}`)
       if (original.kind === 'break_glass') throw refuse('wrong_state', 'a break-glass grant cannot be extended: request access')
       const lookup = await stored(() => deps.grantStore.get(original.grantId))
       if (lookup.status !== 'active') throw refuse('wrong_state', 'the grant is no longer active')
+      if (isUnclaimed(lookup.grant)) throw refuse('wrong_state', UNCLAIMED)
       const t = now()
       const judged = judge(subject, original.resource, original.scopes, input.durationMs, input.ticket ?? original.ticket, 'extension', t)
       const r = await draft(
@@ -583,7 +658,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       // Approved but never issued (the issuing replica failed in between): issue the same grant
       // now. A revoked grant keeps its tombstone until it would have expired, so this can never
       // bring back a revoked grant.
-      if (lookup.status === 'not_found' && r.kind !== 'extension' && (r.grantExpiresAt as number) > now()) {
+      if (lookup.status === 'not_found' && r.kind !== 'extension' && reissueUntil(r) > now()) {
         await deps.grants.issueApproved(grantOf(r), { actor: r.decidedBy as string, requestId: ctx.requestId, accessRequestId: r.id })
         lookup = await stored(() => deps.grantStore.get(r.grantId))
       }

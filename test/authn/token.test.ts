@@ -133,3 +133,14 @@ t.test('extractBearer reads only the Authorization header, exactly once', async 
   t.same(extractBearer(['Authorization', 'Bearer a.b.c', 'authorization', 'Bearer d.e.f']), { ok: false, code: 'token_malformed' })
   t.same(extractBearer(['Cookie', 'access_token=a.b.c']), { ok: false, code: 'token_missing' })
 })
+
+t.test("a grant waiting for its first use gets a token whose exp is the latest it could end; a claimed one, its expiry", async (t) => {
+  const keys = await loadKeyRing({ signingKey: undefined, verificationKeyFiles: [], dataDir: dataDir() })
+  const issuer = createTokenIssuer(keys, 'jitgate')
+  const now = Math.floor(Date.now() / 1000) * 1000
+  const claim = { by: now + 3_600_000, durationMs: 7_200_000, notAfter: now + 3 * 3_600_000 }
+  const exp = (token: string) => JSON.parse(Buffer.from(token.split('.')[1] as string, 'base64url').toString()).exp as number
+  t.equal(exp(await issuer.issue(grant({ expiresAt: claim.by, claim }))), claim.notAfter / 1000, 'unclaimed: notAfter')
+  const claimed = grant({ expiresAt: now + 7_200_000, claim: { ...claim, claimedAt: now } })
+  t.equal(exp(await issuer.issue(claimed)), (now + 7_200_000) / 1000, 'claimed: the claimed expiry')
+})

@@ -5,7 +5,8 @@
  * audit line is checked against the published schema.
  */
 import t, { type Test } from 'tap'
-import { startTestGateway, call, type TestGateway } from '../helpers/gateway.js'
+import { request } from 'undici'
+import { ADMIN_TOKEN, startTestGateway, call, type TestGateway } from '../helpers/gateway.js'
 import { startUpstream } from '../helpers/upstream.js'
 import { auditValidator } from '../helpers/audit-schema.js'
 import { api, makeWorld, principalsYaml, type WorkflowWorld } from '../helpers/workflow.js'
@@ -107,6 +108,18 @@ t.test('refusals over HTTP: self-approval, missing MFA, bad or reused TOTP, wron
     t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === code && e.path === `/v1/requests/${id}/${code === 'requester_only' ? 'cancel' : 'approve'}`), `${code} is audited`)
   }
   t.equal(g.audit.filter((e) => e.event === 'admin.denied' && e.code === 'mfa_invalid').length, 2, 'each refusal once')
+  auditValid(t, g)
+})
+
+t.test('an ID token proving an old sign-in is refused (reauthentication_required), and audited', async (t) => {
+  const { g, w } = await setup(t)
+  const id = (await api(g.controlUrl, 'POST', '/v1/requests', { bearer: await w.acme.assertion() }, ASK)).json.id as string
+  const longAgo = Math.floor(Date.now() / 1000) - 13 * 3600
+  const stale = await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('bob', { auth_time: longAgo }) })
+  t.match(stale, { status: 401, json: { error: { code: 'reauthentication_required', details: [/auth_time\) is 13h old, more than max_age 12h/] } } }, 'the default max_age is 12h')
+  t.match(g.audit.at(-1), { event: 'admin.denied', code: 'reauthentication_required', status: 401, path: `/v1/requests/${id}/approve` })
+  t.equal(g.audit.filter((e) => e.event === 'admin.denied').length, 1, 'audited once')
+  t.match(await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('bob', { auth_time: longAgo + 3 * 3600 }) }), { status: 200 }, 'a sign-in 10 hours ago is recent enough')
   auditValid(t, g)
 })
 
@@ -220,5 +233,81 @@ ${principalsYaml(w, { contractEnds: tomorrow })}`.replace('max_duration: 4h', 'm
   // The contract's last day ends at the next midnight UTC.
   const endOfContract = new Date(Date.parse(`${tomorrow}T00:00:00Z`) + 86_400_000).toISOString()
   t.equal(done.json.grant.expires_at, endOfContract, 'ends with the contract, not 48 h from now')
+  auditValid(t, g)
+})
+
+/** `DELETE /v1/grants/{id}` as an approver (ID token, or local approver with TOTP) or with raw headers. */
+async function revokeGrant(
+  controlUrl: string,
+  id: string,
+  as: { bearer?: string; approver?: import('../helpers/workflow.js').LocalApproverKey; totp?: string | false; headers?: Record<string, string> },
+  body?: unknown,
+): Promise<{ status: number; json: any }> {
+  const headers: Record<string, string> = { ...as.headers }
+  if (as.bearer !== undefined) headers.authorization = `Bearer ${as.bearer}`
+  if (as.approver !== undefined) {
+    headers.authorization = `Bearer ${ADMIN_TOKEN}`
+    headers['x-jitgate-approver'] = as.approver.id
+    if (as.totp !== false) headers['x-jitgate-totp'] = as.totp ?? as.approver.code()
+  }
+  if (body !== undefined) headers['content-type'] = 'application/json'
+  const res = await request(`${controlUrl}/v1/grants/${id}`, { method: 'DELETE', headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) })
+  const text = await res.body.text()
+  return { status: res.statusCode, json: text === '' ? undefined : JSON.parse(text) }
+}
+
+t.test('approvers revoke through DELETE /v1/grants/{id}: who may, with a reason, audited with the approver as actor', async (t) => {
+  const { g, w } = await setup(t)
+  const u = g.controlUrl
+  const approved = async (): Promise<{ grantId: string; token: string }> => {
+    const id = (await api(u, 'POST', '/v1/requests', { bearer: await w.acme.assertion() }, ASK)).json.id as string
+    await api(u, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('bob') })
+    const done = await api(u, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('00u-carol') })
+    const token = (await api(u, 'GET', `/v1/requests/${id}`, { bearer: await w.acme.assertion() })).json.token as string
+    return { grantId: done.json.grant.id as string, token }
+  }
+
+  const first = await approved()
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }), { status: 400, json: { error: { code: 'invalid_request' } } }, 'a reason is required')
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol', { amr: ['pwd'] }) }, { reason: 'x' }), { status: 403, json: { error: { code: 'mfa_required' } } })
+  t.match(
+    await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-mallory', { groups: ['everyone'] }) }, { reason: 'x' }),
+    { status: 403, json: { error: { code: 'not_an_approver' } } },
+    'signed in, but in no group of the approval policy',
+  )
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('acme') }, { reason: 'x' }), { status: 403, json: { error: { code: 'self_approval' } } })
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.acme.assertion() }, { reason: 'x' }), { status: 403, json: { error: { code: 'approver_only' } } }, 'the vendor relinquishes instead')
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol', { iss: 'https://evil.example' }) }, { reason: 'x' }), { status: 401, json: { error: { code: 'credentials_invalid' } } })
+  t.equal((await call(`${g.dataUrl}/crm/customers/1`, { token: first.token })).status, 200, 'no refusal revoked anything')
+  t.equal((await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }, { reason: 'vendor offboarded' })).status, 204, 'an OIDC approver of the stage groups')
+  t.match(await call(`${g.dataUrl}/crm/customers/1`, { token: first.token }), { status: 403, json: { error: { code: 'grant_revoked' } } })
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }, { reason: 'again' }), { status: 404, json: { error: { code: 'grant_not_found' } } })
+
+  const second = await approved()
+  t.equal((await revokeGrant(u, second.grantId, { approver: w.alice }, { reason: 'done early' })).status, 204, 'a local approver, with its TOTP code')
+  t.match(await call(`${g.dataUrl}/crm/customers/1`, { token: second.token }), { status: 403, json: { error: { code: 'grant_revoked' } } })
+
+  // A grant an operator issued directly: whoever approves acme's crm-api requests may end it.
+  const direct = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/*'], ttl: '10m' })
+  t.match(await revokeGrant(u, direct.id, { approver: w.bob, totp: false }, { reason: 'x' }), { status: 403, json: { error: { code: 'mfa_required' } } }, 'a local approver without its code')
+  t.equal((await revokeGrant(u, direct.id, { bearer: await w.idToken('bob') }, { reason: 'ticket closed' })).status, 204)
+
+  // Operators, as before.
+  const third = await approved()
+  t.match(await revokeGrant(u, third.grantId, { headers: { authorization: 'Bearer wrong-token-0123456789' } }, { reason: 'x' }), { status: 401, json: { error: { code: 'unauthorized' } } })
+  t.equal(await g.revoke(third.grantId, 'maintenance'), 204)
+
+  t.match(
+    g.audit.filter((e) => e.event === 'grant.revoked').map((e) => [e.grant_id, e.actor, e.reason]),
+    [
+      [first.grantId, '00u-carol', 'vendor offboarded'],
+      [second.grantId, 'alice', 'done early'],
+      [direct.id, 'bob', 'ticket closed'],
+      [third.grantId, 'operator', 'maintenance'],
+    ],
+  )
+  for (const code of ['mfa_required', 'not_an_approver', 'self_approval', 'approver_only', 'credentials_invalid', 'unauthorized']) {
+    t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.code === code && String(e.path).startsWith('/v1/grants/')), `${code} is audited`)
+  }
   auditValid(t, g)
 })

@@ -46,7 +46,10 @@ interface Pair {
   events(name: string): AuditRecord[]
 }
 
-async function replicas(t: Test, opts: { principals?: Parameters<typeof principalsYaml>[1]; config?: string; upstream?: string } = {}): Promise<Pair> {
+async function replicas(
+  t: Test,
+  opts: { principals?: Parameters<typeof principalsYaml>[1]; config?: string; upstream?: string; redisUrl?: string } = {},
+): Promise<Pair> {
   const w = await makeWorld(t, opts.config ?? '')
   const policy = `
 resources:
@@ -57,7 +60,7 @@ resources:
     websocket: true
 ${principalsYaml(w, opts.principals)}`
   const dataDir = mkdtempSync(join(tmpdir(), 'jitgate-wf-'))
-  const env = { ...w.env, REDIS_URL: redis.url, JITGATE_KEY_PREFIX: `wf${++prefixes}:`, HOOK_SECRET: 'hook-secret-0123456789' }
+  const env = { ...w.env, REDIS_URL: opts.redisUrl ?? redis.url, JITGATE_KEY_PREFIX: `wf${++prefixes}:`, HOOK_SECRET: 'hook-secret-0123456789' }
   const common = { policy, env, config: w.config, dataDir, ...(opts.upstream !== undefined ? { upstream: opts.upstream } : {}) }
   const a = await startTestGateway(t, common)
   const b = await startTestGateway(t, common)
@@ -158,5 +161,70 @@ t.test('extend keeps an open WebSocket open and moves its cut-off, across replic
   const end = await closed
   t.match(end, { code: 1008, reason: 'grant expired' })
   t.ok(end.at >= newExpiry - 50, 'closed at the new cut-off, not before')
+  auditValid(t, p)
+})
+
+t.test('TOTP lockout is shared: 5 wrong codes spread over two replicas lock the approver on both', async (t) => {
+  const p = await replicas(t)
+  const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+  const right = p.w.bob.code()
+  const wrong = String((Number(right) + 500_000) % 1_000_000).padStart(6, '0')
+  for (const [i, g] of [p.a, p.b, p.a, p.b, p.b].entries()) {
+    t.match(await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.bob, totp: wrong }), { status: 403, json: { error: { code: 'mfa_invalid' } } }, `wrong code ${i + 1}`)
+  }
+  for (const g of [p.a, p.b]) {
+    t.match(await api(g.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.bob, totp: right }), { status: 429, json: { error: { code: 'mfa_locked' } } }, 'locked, even with the right code')
+  }
+  t.match(await api(p.b.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.alice }), { status: 200 }, 'another approver is not affected')
+  t.equal(p.events('admin.denied').filter((e) => e.code === 'mfa_locked' && e.actor === 'approver:bob').length, 2)
+  auditValid(t, p)
+})
+
+t.test('TOTP check fails closed while Redis is unreachable: store_unavailable, nothing counted as passed', async (t) => {
+  const own = await startRedis(t)
+  const p = await replicas(t, { redisUrl: own.url })
+  const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+  await own.stop()
+  t.match(await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { approver: p.w.alice }), { status: 503, json: { error: { code: 'store_unavailable' } } })
+})
+
+t.test('an approver revokes through DELETE /v1/grants/{id} on one replica; the other refuses the grant at once', async (t) => {
+  const upstream = await startUpstream(t)
+  const p = await replicas(t, { upstream: upstream.url })
+  const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+  await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('bob') })
+  await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('00u-carol') })
+  const mine = (await api(p.a.controlUrl, 'GET', `/v1/requests/${id}`, { bearer: await p.w.acme.assertion() })).json
+  t.equal((await call(`${p.a.dataUrl}/crm/customers/1`, { token: mine.token })).status, 200)
+  const res = await fetch(`${p.b.controlUrl}/v1/grants/${mine.grant.id}`, {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${await p.w.idToken('00u-dave')}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ reason: 'incident closed' }),
+  })
+  t.equal(res.status, 204)
+  t.match(await call(`${p.a.dataUrl}/crm/customers/1`, { token: mine.token }), { status: 403, json: { error: { code: 'grant_revoked' } } })
+  t.match(p.events('grant.revoked'), [{ grant_id: mine.grant.id, actor: '00u-dave', reason: 'incident closed' }])
+  auditValid(t, p)
+})
+
+t.test('claim-by window: first uses racing on two replicas claim the grant once; both agree on its expiry', async (t) => {
+  const upstream = await startUpstream(t)
+  const p = await replicas(t, { upstream: upstream.url, principals: { entitlement: '        claim_within: 1h' } })
+  for (let round = 0; round < 3; round++) {
+    const id = (await api(p.a.controlUrl, 'POST', '/v1/requests', { bearer: await p.w.acme.assertion() }, ASK)).json.id as string
+    await api(p.a.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('bob') })
+    await api(p.b.controlUrl, 'POST', `/v1/requests/${id}/approve`, { bearer: await p.w.idToken('00u-carol') })
+    const mine = (await api(p.b.controlUrl, 'GET', `/v1/requests/${id}`, { bearer: await p.w.acme.assertion() })).json
+    t.match(mine.grant, { status: 'active', claim: { status: 'unclaimed' } })
+    const statuses = await Promise.all([p.a, p.b, p.a, p.b].map(async (g) => (await call(`${g.dataUrl}/crm/customers/1`, { token: mine.token })).status))
+    t.same(statuses, [200, 200, 200, 200], `round ${round}: every first use passes`)
+    const claimed = p.events('grant.claimed').filter((e) => e.grant_id === mine.grant.id)
+    t.equal(claimed.length, 1, `round ${round}: claimed once across both replicas`)
+    const [fromA, fromB] = await Promise.all(
+      [p.a, p.b].map(async (g) => (await api(g.controlUrl, 'GET', `/v1/requests/${id}`, { admin: true })).json.grant),
+    )
+    t.match(fromA, { expires_at: claimed[0]?.expires_at, claim: { status: 'claimed', claimed_at: claimed[0]?.claimed_at } })
+    t.same(fromB, fromA, 'both replicas see the one claimed grant')
+  }
   auditValid(t, p)
 })

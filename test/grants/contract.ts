@@ -37,6 +37,13 @@ export function makeGrant(overrides: Partial<Grant> = {}): Grant {
   }
 }
 
+/** An unclaimed grant (claim-by window), its window and duration counted from now. */
+export function unclaimedGrant(opts: { withinMs: number; durationMs: number; notAfter?: number }): Grant {
+  const now = Date.now()
+  const by = now + opts.withinMs
+  return makeGrant({ expiresAt: by, claim: { by, durationMs: opts.durationMs, notAfter: opts.notAfter ?? Math.floor((by + opts.durationMs) / 1000) * 1000 } })
+}
+
 /** Retries `fn` until it resolves (e.g. while a restarted Redis is being reconnected to). */
 export async function eventually<T>(fn: () => Promise<T>, withinMs = 5000): Promise<T> {
   const deadline = Date.now() + withinMs
@@ -363,6 +370,60 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       const ids = batches.flat().map((g) => g.id)
       t.equal(ids.length, grants.length, 'no grant twice')
       t.strictSame(ids.sort(), grants.map((g) => g.id).sort(), 'every grant once')
+    })
+
+    t.test('claim starts an unclaimed grant\'s clock at its first use, exactly once', async (t) => {
+      const store = await open(t)
+      const grant = unclaimedGrant({ withinMs: 60_000, durationMs: 3_600_000 })
+      await store.create(grant)
+      t.strictSame(await store.get(grant.id), { status: 'active', grant }, 'unclaimed: it lives until its claim-by time')
+      const at = Date.now()
+      const results = await Promise.all([store.claim(grant, at), store.claim(grant, at + 7), store.claim(grant, at + 9)])
+      t.equal(results.filter((r) => r?.claimed === true).length, 1, 'one of three concurrent claims wins')
+      const winner = results.find((r) => r?.claimed === true)?.grant as Grant
+      t.strictSame(
+        results.map((r) => r?.grant),
+        [winner, winner, winner],
+        'every caller gets the grant as claimed',
+      )
+      const claimedAt = winner.claim?.claimedAt as number
+      t.ok([at, at + 7, at + 9].includes(claimedAt))
+      t.strictSame(winner, { ...grant, expiresAt: Math.floor((claimedAt + 3_600_000) / 1000) * 1000, claim: { ...grant.claim, claimedAt } })
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: winner })
+      t.strictSame(await store.claim(grant, at + 1000), { grant: winner, claimed: false }, 'claimed once: a later use changes nothing')
+      t.strictSame((await store.list()).find((g) => g.id === grant.id), winner)
+
+      const plain = makeGrant()
+      await store.create(plain)
+      t.strictSame(await store.claim(plain, at), { grant: plain, claimed: false }, 'a grant without a claim window is left as it is')
+      t.equal(await store.claim(makeGrant(), at), null, 'an unknown grant')
+      const revoked = unclaimedGrant({ withinMs: 60_000, durationMs: 60_000 })
+      await store.create(revoked)
+      await store.revoke(revoked.id, 'bob', 'x')
+      t.equal(await store.claim(revoked, at), null, 'a revoked grant')
+      t.equal((await store.get(revoked.id)).status, 'revoked', 'stays revoked')
+    })
+
+    t.test('a claimed expiry is capped by notAfter (the contract end)', async (t) => {
+      const store = await open(t)
+      const at = Date.now()
+      const late = unclaimedGrant({ withinMs: 60_000, durationMs: 3_600_000, notAfter: Math.floor((at + 120_000) / 1000) * 1000 })
+      await store.create(late)
+      t.equal((await store.claim(late, at))?.grant.expiresAt, Math.floor((at + 120_000) / 1000) * 1000, 'never past notAfter (the contract end)')
+    })
+
+    t.test('an unclaimed grant ends at its claim-by time; a claimed one outlives it (real time)', async (t) => {
+      const store = await open(t)
+      const unused = unclaimedGrant({ withinMs: 500, durationMs: 60_000 })
+      const used = unclaimedGrant({ withinMs: 500, durationMs: 2_000 })
+      await store.create(unused)
+      await store.create(used)
+      const claimed = await store.claim(used, Date.now())
+      t.equal(claimed?.claimed, true)
+      await sleep(unused.expiresAt + 400 - Date.now())
+      t.equal((await store.get(unused.id)).status, 'not_found', 'unused within the window: gone')
+      t.equal(await store.claim(unused, Date.now()), null, 'and can no longer be claimed')
+      t.equal((await store.get(used.id)).status, 'active', 'claimed: lives past its claim-by time')
     })
 
     t.test('subscribers receive issued and revoked events', async (t) => {

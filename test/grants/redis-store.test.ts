@@ -11,6 +11,7 @@ import {
   isRevoked,
   makeGrant,
   recordEvents,
+  unclaimedGrant,
   untilSubscribed,
 } from './contract.js'
 
@@ -356,4 +357,24 @@ t.test('expiries: a claim whose answer was lost is reported by its claimer on th
   t.strictSame(await a.claimExpired(), [grant], 'A asks again and gets it')
   t.strictSame(await Promise.all([a.claimExpired(), b.claimExpired()]), [[], []], 'once')
   t.strictSame(await raw.keys(`${keyPrefix}{${grant.id}}*`), [], 'nothing left of it')
+})
+
+t.test('claim: two replicas racing the first use claim once; the key\'s TTL follows the claimed expiry', async (t) => {
+  const keyPrefix = newPrefix()
+  const a = open(t, { keyPrefix })
+  const b = open(t, { keyPrefix })
+  const raw = rawClient(t)
+  for (let round = 0; round < 5; round++) {
+    const grant = unclaimedGrant({ withinMs: 60_000, durationMs: 600_000 })
+    await a.create(grant)
+    await expiresAt(t, raw, `${keyPrefix}{${grant.id}}:grant`, grant.expiresAt, 'unclaimed: the claim-by time')
+    const at = Date.now()
+    const [x, y] = await Promise.all([a.claim(grant, at), b.claim(grant, at + 3)])
+    t.same([x?.claimed, y?.claimed].sort(), [false, true], `round ${round}: exactly one replica claimed it`)
+    t.strictSame(x?.grant, y?.grant, 'both see the one claimed record')
+    const claimed = x?.grant as NonNullable<typeof x>['grant']
+    await expiresAt(t, raw, `${keyPrefix}{${grant.id}}:grant`, claimed.expiresAt, 'claimed: the claimed expiry')
+    t.equal(Number(await raw.zscore(`${keyPrefix}grants`, grant.id)), claimed.expiresAt, 'the index follows')
+    t.equal((JSON.parse((await raw.get(`${keyPrefix}{${grant.id}}:expiry`)) as string) as Grant).expiresAt, claimed.expiresAt, 'the expiry record follows: grant.expired comes at the claimed expiry')
+  }
 })

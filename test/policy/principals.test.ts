@@ -346,6 +346,18 @@ const TRAPS: { name: string; files: Record<string, string>; env?: NodeJS.Process
     ],
   },
   {
+    name: 'claim_within: a positive duration, never with auto_approve (break_glass is fine)',
+    files: {
+      ...withEntitlement('scopes: ["GET /crm/**"], max_duration: 1h, claim_within: 0s, break_glass: { max_duration: 1h }'),
+      'q.yaml':
+        'subprocessors:\n  - id: globex\n    name: Globex\n    contract_ends: "2027-06-30"\n    entitlements:\n      - { resource: crm, approval: two, scopes: ["GET /crm/**"], max_duration: 1h, claim_within: 1h, auto_approve: { max_duration: 5m, scopes: ["GET /crm/**"] } }\n',
+    },
+    errors: [
+      'DIR/p.yaml:12:84 subprocessors[0].entitlements[0].claim_within: must be at least 1s',
+      'DIR/q.yaml:6:84 subprocessors[0].entitlements[0].claim_within: claim_within cannot be combined with auto_approve: an auto-approved request is granted on demand; put the two in separate entitlements',
+    ],
+  },
+  {
     name: 'unknown keys and wrong types in principals (YAML 1.2: `on` is a string)',
     files: withEntitlement('scopes: ["GET /crm/**"], max_duration: 1h, require_ticket: on, ticket_required: true'),
     errors: [

@@ -25,7 +25,9 @@ notifications:
   backoff: 100ms
 `,
   })
-  t.same(c.approvers.oidc, { issuer: 'https://login.example.com', jwksUrl: 'https://login.example.com/jwks', audience: 'jitgate', groupsClaim: 'groups' })
+  t.same(c.approvers.oidc, { issuer: 'https://login.example.com', jwksUrl: 'https://login.example.com/jwks', audience: 'jitgate', groupsClaim: 'groups', maxAgeMs: 12 * 3_600_000 })
+  const short = loadConfig({ env: {}, text: 'approvers:\n  oidc: { issuer: "https://i", jwks_url: "https://i/jwks", audience: a, max_age: 15m }\n' })
+  t.equal(short.approvers.oidc?.maxAgeMs, 15 * 60_000)
   t.same(c.workflow, { sweepIntervalMs: 2000, retentionMs: 7 * 86_400_000 })
   t.match(c.notifications, { queueSize: 10, maxAttempts: 2, timeoutMs: 1000, backoffMs: 100 })
   const [generic, slack] = c.notifications.webhooks
@@ -44,6 +46,10 @@ function configError(text: string): SourceError {
   }
   throw new Error('the config loaded')
 }
+
+t.test('approvers.oidc.max_age must be at least a second', async (t) => {
+  t.match(configError('approvers:\n  oidc: { issuer: "https://i", jwks_url: "https://i/jwks", audience: a, max_age: 0s }\n').message, /approvers\.oidc\.max_age: must be at least 1s/)
+})
 
 t.test('a generic webhook needs its secret; problems are reported with their path', async (t) => {
   t.match(configError('notifications:\n  webhooks:\n    - { url: "https://h/c", events: [request.nope] }\n').message, /notifications\.webhooks\[0\]\.events\[0\]/)

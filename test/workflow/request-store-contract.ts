@@ -171,6 +171,22 @@ export function requestStoreContract(t: Test, name: string, makeStores: MakeStor
       t.equal(await b.claimOnce(key, 400), true, 'claimable again once expired')
     })
 
+    t.test('countAttempt: one count across replicas, exact under concurrency, cleared, windowed (real time)', async (t) => {
+      const [a, b] = await open(t)
+      const key = `totp:${randomBytes(6).toString('hex')}`
+      const counts = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? a : b).countAttempt(key, 60_000)))
+      t.same([...counts].sort((x, y) => x - y), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 'ten concurrent attempts on two replicas count 1 to 10, none lost')
+      t.equal(await b.countAttempt(`${key}:other`, 60_000), 1, 'keys are independent')
+      await a.clearAttempts(key)
+      t.equal(await b.countAttempt(key, 60_000), 1, 'cleared: the count starts again')
+      await b.clearAttempts('never-counted')
+      const short = `${key}:short`
+      t.equal(await a.countAttempt(short, 400), 1)
+      t.equal(await b.countAttempt(short, 400), 2, 'a later attempt does not move the window')
+      await sleep(700)
+      t.equal(await a.countAttempt(short, 400), 1, 'a new window once the first has ended')
+    })
+
     t.test('after close, operations reject with StoreUnavailableError', async (t) => {
       const [store, other] = await makeStores(DEFAULTS)
       await other.close()
@@ -178,6 +194,7 @@ export function requestStoreContract(t: Test, name: string, makeStores: MakeStor
       await t.rejects(store.get('r_x'), StoreUnavailableError)
       await t.rejects(store.create(makeRequest()), StoreUnavailableError)
       await t.rejects(store.claimOnce('k', 1000), StoreUnavailableError)
+      await t.rejects(store.countAttempt('k', 1000), StoreUnavailableError)
       await t.resolves(store.close(), 'close is idempotent')
     })
   })

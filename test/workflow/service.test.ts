@@ -286,3 +286,70 @@ t.test('a grant whose issue failed after the approval is issued on the next read
   t.equal(h.events('grant.issued').length, 1, 'one grant, whoever retried')
   t.match(h.events('grant.issued'), [{ actor: 'carol', grant_id: r.grantId }])
 })
+
+t.test('claim-by window: the approval issues an unclaimed grant; its clock starts at the first use', async (t) => {
+  const sp = subprocessor({ entitlements: [entitlement({ claimWithinMs: HOUR, breakGlass: { maxDurationMs: HOUR } })] })
+  const h = await harness(t, { principals: principals({ subprocessors: [sp] }) })
+  const r = await h.service.create('acme', { ...ask, durationMs: 2 * HOUR }, ctx)
+  t.equal(r.claimWithinMs, HOUR, 'the window is recorded as judged')
+  await h.service.approve(r.id, alice, undefined, ctx)
+  h.advance(1234)
+  const done = await h.service.approve(r.id, carol, undefined, ctx)
+  const claimBy = Math.floor((h.now() + HOUR) / 1000) * 1000
+  const notAfter = claimBy + 2 * HOUR
+  t.match(done, { status: 'approved', grantStartsAt: h.now(), grantClaimBy: claimBy, grantExpiresAt: notAfter })
+  const lookup = await h.grantStore.get(r.grantId)
+  t.strictSame(lookup.status === 'active' && lookup.grant.claim, { by: claimBy, durationMs: 2 * HOUR, notAfter })
+  t.equal(lookup.status === 'active' && lookup.grant.expiresAt, claimBy, 'unclaimed, it lives until its claim-by time')
+  t.match(h.events('grant.issued'), [{ grant_id: r.grantId, expires_at: new Date(claimBy).toISOString(), claim_by: new Date(claimBy).toISOString() }])
+  const state = await h.service.grantState(done, ctx)
+  const token = await h.service.token((state as { grant: import('../../src/grants/types.js').Grant }).grant)
+  t.equal(JSON.parse(Buffer.from(token.split('.')[1] as string, 'base64url').toString()).exp, notAfter / 1000, "the token's exp allows a first use late in the window plus the full duration")
+  await refused(t, h.service.extend(r.id, 'acme', { durationMs: HOUR, reason: 'more' }, ctx), 'wrong_state', 'an unclaimed grant has nothing to extend yet')
+
+  // The first use (the data plane calls this) starts the clock; then an extension moves it as usual.
+  h.advance(20 * MINUTE)
+  const claimed = await h.grantStore.claim((lookup as { grant: import('../../src/grants/types.js').Grant }).grant, h.now())
+  t.equal(claimed?.grant.expiresAt, Math.floor((h.now() + 2 * HOUR) / 1000) * 1000)
+  const ext = await h.service.extend(r.id, 'acme', { durationMs: HOUR, reason: 'more' }, ctx)
+  t.equal(ext.claimWithinMs, undefined, 'an extension has no window of its own')
+  await h.service.approve(ext.id, bob, undefined, ctx)
+  const extended = await h.service.approve(ext.id, dave, undefined, ctx)
+  t.equal(extended.grantExpiresAt, (claimed?.grant.expiresAt as number) + HOUR)
+
+  const bg = await h.service.create('acme', { ...ask, breakGlass: true }, ctx)
+  t.equal(bg.claimWithinMs, undefined, 'break-glass grants start at once')
+  t.match(await h.grantStore.get(bg.grantId), { status: 'active', grant: { expiresAt: Math.floor((h.now() + HOUR) / 1000) * 1000 } })
+  t.notOk((await h.grantStore.get(bg.grantId) as { grant: { claim?: unknown } }).grant.claim)
+})
+
+t.test('claim-by window: a grant whose issue failed is issued on a later read only while it cannot have been used and ended', async (t) => {
+  let failing = true
+  const sp = subprocessor({ entitlements: [entitlement({ claimWithinMs: HOUR })] })
+  const h = await harness(t, {
+    principals: principals({ subprocessors: [sp] }),
+    wrapGrants: (g) => ({
+      ...g,
+      issueApproved: async (grant, c) => {
+        if (failing) throw new ApiError('store_unavailable')
+        return g.issueApproved(grant, c)
+      },
+    }),
+  })
+  const approve = async () => {
+    const r = await h.service.create('acme', { ...ask, durationMs: 10 * MINUTE }, ctx)
+    await h.service.approve(r.id, alice, undefined, ctx)
+    return h.service.approve(r.id, carol, undefined, ctx)
+  }
+  const early = await approve()
+  const late = await approve()
+  failing = false
+  h.advance(9 * MINUTE)
+  t.equal((await h.service.grantState(early, ctx)).status, 'active', 'within its duration of the approval: never issued, so issued now')
+  t.match(await h.grantStore.get(early.grantId), { status: 'active', grant: { claim: { by: early.grantClaimBy } } })
+
+  h.advance(2 * MINUTE)
+  // Claimed at its approval, it would have ended by now: missing can mean used up, so never re-issued.
+  t.equal((await h.service.grantState(late, ctx)).status, 'expired')
+  t.equal((await h.grantStore.get(late.grantId)).status, 'not_found')
+})

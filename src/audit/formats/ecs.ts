@@ -36,7 +36,7 @@ function categorize(event: string): { category: string[]; type: string[] } {
     case 'audit.dropped':
       return { category: ['process'], type: ['info'] }
     default:
-      // grant.extended, request.*, breakglass.reviewed
+      // grant.extended, grant.claimed, request.*, breakglass.reviewed
       return { category: ['iam'], type: ['change'] }
   }
 }

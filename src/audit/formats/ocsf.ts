@@ -36,7 +36,7 @@ function classOf(r: AuditRecord): ClassMapping {
     return { classUid: 6003, activityId: id, activityName: name }
   }
   if (e === 'connection.closed') return { classUid: 4001, activityId: 2, activityName: 'Close' }
-  if (e === 'grant.issued' || e === 'grant.extended' || e === 'breakglass.used') return { classUid: 3005, activityId: 1, activityName: 'Assign Privileges' }
+  if (e === 'grant.issued' || e === 'grant.extended' || e === 'grant.claimed' || e === 'breakglass.used') return { classUid: 3005, activityId: 1, activityName: 'Assign Privileges' }
   if (e === 'grant.revoked' || e === 'grant.expired') return { classUid: 3005, activityId: 2, activityName: 'Revoke Privileges' }
   if (e === 'admin.denied') return { classUid: 3002, activityId: 1, activityName: 'Logon' }
   if (e === 'request.created') return { classUid: 3004, activityId: 1, activityName: 'Create' }

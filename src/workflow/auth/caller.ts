@@ -33,6 +33,11 @@ export interface CallerAuthOptions {
   readonly assertions: AssertionVerifier
   readonly oidc: OidcVerifier | undefined
   readonly claimOnce: (key: string, ttlMs: number) => Promise<boolean>
+  /** The shared attempt counter (RequestStore.countAttempt / clearAttempts): TOTP lockout. */
+  readonly attempts: {
+    count(key: string, windowMs: number): Promise<number>
+    clear(key: string): Promise<void>
+  }
   readonly now?: () => number
 }
 
@@ -40,7 +45,7 @@ export interface CallerAuthOptions {
 export type OperatorCheck = (req: IncomingMessage) => string | undefined
 
 export interface CallerAuth {
-  /** The verified caller; rejects with ApiError (`credentials_invalid`, `assertion_replayed`, `mfa_invalid`). */
+  /** The verified caller; rejects with ApiError (`credentials_invalid`, `assertion_replayed`, `reauthentication_required`, `mfa_invalid`, `mfa_locked`). */
   authenticate(req: IncomingMessage, operator: OperatorCheck): Promise<Caller>
 }
 
@@ -50,16 +55,19 @@ const LOCAL_ID = /^[a-z0-9][a-z0-9._-]{0,62}$/
  * Guessing bound: a 6-digit code matches by chance about 3 times in a million (±1 step), so
  * unlimited tries would let anyone holding the operator credential approve as any approver in
  * minutes. After this many wrong codes in the window the approver is locked until it ends.
- * Counted per replica (the lockout must not depend on the store being up).
+ *
+ * Counted in the shared store (Redis when configured), so the bound holds for the whole
+ * deployment, not per replica: spreading guesses over N replicas gains nothing. Each attempt is
+ * counted *before* its code is checked and the count is cleared on a right code, so concurrent
+ * guesses cannot slip past the bound between a check and its count. Without the store there is no
+ * count, and so no attempt: the call fails closed (`store_unavailable`).
  */
-const MAX_TOTP_FAILURES = 5
-const TOTP_LOCK_WINDOW_MS = 5 * 60_000
+export const MAX_TOTP_FAILURES = 5
+export const TOTP_LOCK_WINDOW_MS = 5 * 60_000
 
 export function createCallerAuth(opts: CallerAuthOptions): CallerAuth {
   const now = opts.now ?? Date.now
   const invalid = (detail: string): ApiError => new ApiError('credentials_invalid', [detail])
-  /** Wrong TOTP codes per local approver id (bounded by the policy's approvers). */
-  const totpFailures = new Map<string, { count: number; readonly since: number }>()
 
   async function asLocalApprover(req: IncomingMessage, name: string): Promise<Caller> {
     const id = name.trim()
@@ -67,20 +75,11 @@ export function createCallerAuth(opts: CallerAuthOptions): CallerAuth {
     if (local === undefined) throw invalid(`X-Jitgate-Approver: "${id.slice(0, 64)}" is not a local approver`)
     const code = header(req, 'x-jitgate-totp')
     if (code === undefined) return { kind: 'approver', approver: localApprover(id, false) }
-    const t = now()
-    let record = totpFailures.get(id)
-    if (record !== undefined && t - record.since >= TOTP_LOCK_WINDOW_MS) {
-      totpFailures.delete(id)
-      record = undefined
-    }
-    if (record !== undefined && record.count >= MAX_TOTP_FAILURES) throw new ApiError('mfa_locked')
-    const step = matchTotp(local.totpSecret, code.trim(), t)
-    if (step === undefined) {
-      if (record === undefined) totpFailures.set(id, { count: 1, since: t })
-      else record.count++
-      throw new ApiError('mfa_invalid')
-    }
-    totpFailures.delete(id)
+    const attemptKey = `totp:${id}`
+    if ((await opts.attempts.count(attemptKey, TOTP_LOCK_WINDOW_MS)) > MAX_TOTP_FAILURES) throw new ApiError('mfa_locked')
+    const step = matchTotp(local.totpSecret, code.trim(), now())
+    if (step === undefined) throw new ApiError('mfa_invalid')
+    await opts.attempts.clear(attemptKey)
     // Burned on every replica for as long as the step could still be accepted.
     if (!(await opts.claimOnce(`totp:${id}:${step}`, TOTP_REUSE_MS))) throw new ApiError('mfa_invalid', ['this code was already used: wait for the next one'])
     return { kind: 'approver', approver: localApprover(id, true) }
@@ -103,7 +102,7 @@ export function createCallerAuth(opts: CallerAuthOptions): CallerAuth {
       }
       if (opts.oidc !== undefined && iss === opts.oidc.issuer) {
         const result = await opts.oidc.verify(bearer.token)
-        if (!result.ok) throw invalid(`ID token: ${result.detail}`)
+        if (!result.ok) throw result.stale === true ? new ApiError('reauthentication_required', [result.detail]) : invalid(`ID token: ${result.detail}`)
         return { kind: 'approver', approver: oidcApprover(result.identity, opts.principals().mfa) }
       }
       const result = await opts.assertions.verify(bearer.token)

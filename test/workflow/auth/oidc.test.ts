@@ -8,9 +8,9 @@ import { principals } from '../fixtures.js'
 
 const CLIENT = 'jitgate-console'
 
-async function setup(t: Test) {
+async function setup(t: Test, maxAgeMs = 12 * 3_600_000) {
   const idp = await startIssuer(t, { alg: 'RS256' })
-  const verifier = createOidcVerifier({ issuer: idp.url, jwksUrl: idp.jwksUrl, audience: CLIENT, groupsClaim: 'groups', clockToleranceS: 30 })
+  const verifier = createOidcVerifier({ issuer: idp.url, jwksUrl: idp.jwksUrl, audience: CLIENT, groupsClaim: 'groups', clockToleranceS: 30, maxAgeMs })
   const now = Math.floor(Date.now() / 1000)
   const claims = (over: Record<string, unknown> = {}): JWTPayload => ({
     iss: idp.url,
@@ -51,6 +51,23 @@ t.test('refusals: issuer, audience, expiry, azp, algorithm, signature', async (t
   t.match(await verifier.verify(hs), { ok: false, detail: /algorithm not allowed/ })
   const other = await startIssuer(t, { alg: 'RS256' })
   t.match(await verifier.verify(await other.sign(claims())), { ok: false, detail: /signature verification failed/ }, 'same kid, another key')
+})
+
+t.test('max_age: a sign-in older than max_age is refused as stale, by auth_time or else iat', async (t) => {
+  const { idp, verifier, claims } = await setup(t, 3_600_000)
+  const now = Math.floor(Date.now() / 1000)
+  t.match(await verifier.verify(await idp.sign(claims({ auth_time: now - 3000 }))), { ok: true }, 'signed in 50 minutes ago')
+  t.match(await verifier.verify(await idp.sign(claims({ auth_time: now - 3600 - 20 }))), { ok: true }, 'within the clock tolerance')
+  const stale = await verifier.verify(await idp.sign(claims({ auth_time: now - 2 * 3600 })))
+  t.match(stale, { ok: false, stale: true, detail: /^the sign-in \(auth_time\) is 2h old, more than max_age 1h: sign in again$/ })
+  t.match(
+    await verifier.verify(await idp.sign(claims({ iat: now - 2 * 3600, exp: now + 600 }))),
+    { ok: false, stale: true, detail: /sign-in \(iat\)/ },
+    'without auth_time, iat is the sign-in',
+  )
+  t.match(await verifier.verify(await idp.sign(claims({ iat: now - 2 * 3600, auth_time: now - 60 }))), { ok: true }, 'auth_time wins over an old iat')
+  t.match(await verifier.verify(await idp.sign(claims({ auth_time: 'yesterday' }))), { ok: false, detail: 'auth_time must be a number (seconds)' })
+  t.notOk('stale' in (await verifier.verify(await idp.sign(claims({ aud: 'x' })))), 'other refusals are not stale')
 })
 
 t.test('policy reads the identity: membership by sub, verified email or IdP group; MFA by amr/acr', async (t) => {
