@@ -142,8 +142,8 @@ t.test('the console calls, end to end: list pending, open, approve with a TOTP c
   t.match(await failure(t, carol.revokeGrant(grants[0] as (typeof grants)[0], { reason: '  ' })), { code: 'invalid_input' }, 'a revocation needs a reason')
   await carol.revokeGrant(grants[0] as (typeof grants)[0], { reason: 'vendor offboarded' })
   t.same(orec.calls.at(-1), {
-    url: `${u}/v1/requests/${id}/revoke`,
-    method: 'POST',
+    url: `${u}/v1/grants/${grants[0]?.grant_id}`,
+    method: 'DELETE',
     headers: { authorization: `Bearer ${idToken}`, 'content-type': 'application/json' },
     body: JSON.stringify({ reason: 'vendor offboarded' }),
     ...FETCH_OPTIONS,
@@ -153,7 +153,7 @@ t.test('the console calls, end to end: list pending, open, approve with a TOTP c
   t.match(g.audit.find((e) => e.event === 'grant.revoked'), { actor: '00u-carol', reason: 'vendor offboarded' })
 
   const all = [...rec.calls, ...orec.calls]
-  t.ok(all.every((c) => c.url.startsWith(`${u}/v1/requests`)), 'every call goes to the access-request API')
+  t.ok(all.every((c) => c.url.startsWith(`${u}/v1/requests`) || (c.method === 'DELETE' && c.url.startsWith(`${u}/v1/grants/`))), 'every call goes to the access-request API, or revokes a grant')
   t.ok(all.every((c) => !c.url.includes(idToken) && !c.url.includes(ADMIN_TOKEN) && !(c.body ?? '').includes(idToken)), 'a credential is only ever in the Authorization header')
   t.notOk(g.auditText().includes(idToken), 'nor in the audit trail')
 })

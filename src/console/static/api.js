@@ -265,16 +265,14 @@ export function createApiClient(options) {
     },
 
     /**
-     * Revokes a grant now, with a reason (and a TOTP code for local approvers). Approvers revoke
-     * through the request the grant came from today. When `DELETE /v1/grants/{id}` accepts
-     * approvers, this is the one call to change:
-     *   call('DELETE', `/v1/grants/${encodeURIComponent(grant.grant_id)}`, { body: { reason: text }, totp: code })
+     * Revokes a grant now, with a reason (and a TOTP code for local approvers), through
+     * `DELETE /v1/grants/{id}`: approvers of the grant's entitlement may revoke it there.
      */
     async revokeGrant(grant, { reason, totp } = {}) {
       const text = String(reason ?? '').trim()
       if (text === '') throw invalidInput('A revocation needs a reason.')
       const code = actionCode(totp)
-      await call('POST', requestPath(grant.request_id, 'revoke'), { body: { reason: text }, totp: code })
+      await call('DELETE', `/v1/grants/${encodeURIComponent(grant.grant_id)}`, { body: { reason: text }, totp: code })
     },
   })
 }
