@@ -136,14 +136,18 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
     },
   },
   'grant revoke': {
-    summary: 'Revoke a grant now.',
-    usage: `jitgate grant revoke GRANT_ID --reason TEXT [--url URL]`,
-    options: { ...controlOptions, reason: { type: 'string' } },
+    summary: 'Revoke a grant now (operator, or an approver of its entitlement).',
+    usage: `jitgate grant revoke GRANT_ID --reason TEXT [--url URL] [--approver ID --totp CODE]
+
+  As an operator: $JITGATE_ADMIN_TOKEN (or nothing, on a loopback control plane without one).
+  As an approver: $JITGATE_ID_TOKEN holds your ID token, or as a local approver --approver ID
+  (or $JITGATE_APPROVER) with --totp CODE, the code your authenticator shows now.`,
+    options: { ...controlOptions, reason: { type: 'string' }, approver: { type: 'string' }, totp: { type: 'string' } },
     async run(v, pos, io) {
       const id = pos[0]
       if (!id) throw new UsageError('GRANT_ID is required')
       if (!v.reason) throw new UsageError('--reason is required')
-      await api(io, v, 'DELETE', `/v1/grants/${encodeURIComponent(id)}`, { reason: v.reason })
+      await api(io, v, 'DELETE', `/v1/grants/${encodeURIComponent(id)}`, { reason: v.reason }, approverRevokeAuth(v, io))
       io.out(`revoked ${id}\n`)
       return 0
     },
@@ -222,6 +226,23 @@ function print(io: CliIO, value: unknown): void {
 }
 
 /** Calls the control plane as an operator, or with the credential headers `auth` (workflow commands). */
+/**
+ * An approver's credential for `grant revoke`, or undefined for the operator's: an ID token from
+ * $JITGATE_ID_TOKEN, or a local approver (--approver / $JITGATE_APPROVER) with a TOTP code.
+ */
+function approverRevokeAuth(v: Record<string, unknown>, io: CliIO): Record<string, string> | undefined {
+  const approver = (v.approver as string | undefined) ?? io.env.JITGATE_APPROVER
+  if (io.env.JITGATE_ID_TOKEN && approver === undefined) return { authorization: `Bearer ${io.env.JITGATE_ID_TOKEN}` }
+  if (approver === undefined) {
+    if (v.totp !== undefined) throw new UsageError('--totp goes with --approver ID (a local approver)')
+    return undefined
+  }
+  if (!v.totp) throw new UsageError('--totp CODE is required: the code your authenticator shows now')
+  const auth: Record<string, string> = { 'x-jitgate-approver': approver, 'x-jitgate-totp': v.totp as string }
+  if (io.env.JITGATE_ADMIN_TOKEN) auth.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
+  return auth
+}
+
 async function api(io: CliIO, v: Record<string, unknown>, method: string, path: string, body?: unknown, auth?: Record<string, string>): Promise<unknown> {
   const base = controlBase(io, v)
   const headers: Record<string, string> = { ...auth }

@@ -80,4 +80,20 @@ ${principalsYaml(w)}`
   const noKey = await cli(['request', 'status', other], base)
   t.equal(noKey.code, 2)
   t.match(noKey.stderr, '--key FILE (or $JITGATE_VENDOR_KEY_FILE) is required')
+
+  // Approvers revoke from the CLI too (here grants an operator issued to acme, which acme's
+  // approvers may end): a local approver with its code, or an ID token.
+  const issue = async (): Promise<string> => (await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/*'], ttl: '10m' })).id
+  const g1 = await issue()
+  const noTotp = await cli(['grant', 'revoke', g1, '--reason', 'done'], alice)
+  t.equal(noTotp.code, 2, 'a local approver needs its code')
+  t.match(noTotp.stderr, '--totp CODE is required')
+  // Alice's current code may have been used for her approval above: the next step's is in the window.
+  const byAlice = await cli(['grant', 'revoke', g1, '--reason', 'done', '--totp', w.alice.code(Date.now() + 30_000)], alice)
+  t.equal(byAlice.code, 0, byAlice.stderr)
+  t.match(g.audit.findLast((e) => e.event === 'grant.revoked'), { grant_id: g1, actor: 'alice', reason: 'done' })
+  const g2 = await issue()
+  const byCarol = await cli(['grant', 'revoke', g2, '--reason', 'offboarded'], carol)
+  t.equal(byCarol.code, 0, byCarol.stderr)
+  t.match(g.audit.findLast((e) => e.event === 'grant.revoked'), { grant_id: g2, actor: '00u-carol', reason: 'offboarded' })
 })
