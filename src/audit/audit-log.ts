@@ -9,7 +9,7 @@
  */
 import type { Writable } from 'node:stream'
 import { AUDIT_SCHEMA_VERSION, type AuditEventName, type AuditFields } from './catalogue.js'
-import { copyBounded, isoTime, toLine } from './line.js'
+import { copyBounded, isFlatAndBounded, isoTime, toLine } from './line.js'
 import { checkpointStatement, genesisHash, lineHash, newChainId, type CheckpointSigner } from './chain.js'
 import type { SinkReporter } from './sinks/types.js'
 import { openSink, sinkNames, type AuditOutput, type SinkConfig } from './sinks/index.js'
@@ -103,8 +103,9 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
   let closed = false
 
   function write(event: AuditEventName, fields: AuditFields, time: string): void {
-    const record: Record<string, unknown> = { time, event }
-    copyBounded(fields, record)
+    let record: Record<string, unknown>
+    if (isFlatAndBounded(fields)) record = { time, event, ...fields }
+    else copyBounded(fields, (record = { time, event }))
     record.policy_version = opts.policyVersion()
     record.gateway_id = opts.gatewayId
     record.chain = chain

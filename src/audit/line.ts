@@ -32,6 +32,21 @@ export function copyBounded(fields: object, into: Record<string, unknown>): void
   }
 }
 
+/**
+ * True when copyBounded would copy the fields unchanged: every value a string within the bound, a
+ * number, a boolean or null. Such fields (those of every request's event) are spread as they are,
+ * which is cheaper than copying them key by key.
+ */
+export function isFlatAndBounded(fields: object): boolean {
+  for (const key in fields) {
+    const value = (fields as Record<string, unknown>)[key]
+    if (typeof value === 'string') {
+      if (value.length > MAX_FIELD_LENGTH) return false
+    } else if (value === undefined || (value !== null && typeof value === 'object')) return false
+  }
+  return true
+}
+
 function boundValue(value: unknown): unknown {
   if (typeof value === 'string') return bounded(value)
   if (Array.isArray(value)) {

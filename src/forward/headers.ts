@@ -62,6 +62,9 @@ function isHopByHop(name: string): boolean {
   return HOP_BY_HOP.has(name)
 }
 
+/** Connection values naming only headers that are dropped anyway (both names are hop-by-hop). */
+const USUAL_CONNECTION: ReadonlySet<string> = new Set(['keep-alive', 'Keep-Alive', 'upgrade', 'Upgrade'])
+
 /**
  * The extra header names a `Connection` header declares hop-by-hop (RFC 9110 §7.6.1), or undefined
  * when it names none beyond the ones `alwaysStripped` already drops (the usual `keep-alive`, `close`,
@@ -71,7 +74,8 @@ function connectionOptions(
   value: string | string[] | undefined,
   alwaysStripped: (name: string) => boolean,
 ): ReadonlySet<string> | undefined {
-  if (value === undefined) return undefined
+  // The usual values name nothing beyond the headers always dropped: no parsing per request.
+  if (value === undefined || (typeof value === 'string' && USUAL_CONNECTION.has(value))) return undefined
   let names: Set<string> | undefined
   for (const token of (typeof value === 'string' ? value : value.join(',')).split(',')) {
     const name = token.trim().toLowerCase()

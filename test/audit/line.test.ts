@@ -1,6 +1,6 @@
 /** One event, one line: escaping and bounding rules of `line.ts`, value by value. */
 import t from 'tap'
-import { bounded, copyBounded, isoTime, toLine, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
+import { bounded, copyBounded, isFlatAndBounded, isoTime, toLine, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
 
 t.test('every character a reader could take as a break or a control is escaped, the value unchanged', async (t) => {
   const nasty = [
@@ -65,4 +65,24 @@ t.test('isoTime spells every instant exactly as Date#toISOString, across seconds
   t.equal(isoTime(base - 5000), new Date(base - 5000).toISOString())
   t.equal(isoTime(base + 0.7), new Date(base).toISOString(), 'fractions of a millisecond are cut, as Date does')
   for (const ms of [-1, -1000, Date.UTC(10000, 0, 1), Date.UTC(-1, 0, 1)]) t.equal(isoTime(ms), new Date(ms).toISOString(), `${ms}`)
+})
+
+t.test('isFlatAndBounded: only where copyBounded would change nothing', async (t) => {
+  const cases: [object, boolean][] = [
+    [{ a: 'x', n: 1.5, b: true, z: null }, true],
+    [{}, true],
+    [{ a: 'x'.repeat(MAX_FIELD_LENGTH) }, true],
+    [{ a: 'x'.repeat(MAX_FIELD_LENGTH + 1) }, false],
+    [{ a: undefined }, false],
+    [{ a: ['x'] }, false],
+    [{ a: { b: 'x' } }, false],
+  ]
+  for (const [fields, flat] of cases) {
+    t.equal(isFlatAndBounded(fields), flat, JSON.stringify(fields).slice(0, 60))
+    if (flat) {
+      const copied: Record<string, unknown> = {}
+      copyBounded(fields, copied)
+      t.strictSame(copied, { ...fields }, 'spreading gives what copying gives')
+    }
+  }
 })
