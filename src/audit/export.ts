@@ -51,6 +51,8 @@ export interface GrantRecord {
   access_request_id?: string
   break_glass: boolean
   extensions: { at: string; by: string; expires_at: string; previous_expires_at: string }[]
+  /** The grant ran out (its `grant.expired`): when it ended. */
+  expired_at?: string
   revoked_at?: string
   revoked_by?: string
   revoke_reason?: string
@@ -179,6 +181,9 @@ export async function buildEvidence(files: readonly string[], opts: ExportOption
         return
       case 'grant.revoked':
         Object.assign(grant(grantId ?? '', resource), { revoked_at: time, revoked_by: str(e.actor), revoke_reason: str(e.reason) })
+        return
+      case 'grant.expired':
+        Object.assign(grant(grantId ?? '', resource), { expires_at: str(e.expires_at), expired_at: str(e.expires_at) })
         return
       case 'breakglass.used':
         grant(grantId ?? '', resource).break_glass = true

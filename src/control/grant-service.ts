@@ -206,6 +206,7 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
 
     async reportExpired() {
       const expired = await deps.store.claimExpired()
+      deps.metrics.grantsExpired.inc(expired.length)
       for (const grant of expired) {
         deps.audit.emit('grant.expired', {
           grant_id: grant.id,

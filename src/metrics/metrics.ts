@@ -21,6 +21,8 @@ export interface GatewayMetrics {
   readonly websockets: Gauge<'resource'>
   readonly grantsIssued: Counter
   readonly grantsRevoked: Counter
+  /** Grants whose `grant.expired` this replica wrote (each expired grant is counted by one replica). */
+  readonly grantsExpired: Counter
   /** Policy reloads by result: `loaded`, `unchanged`, `rejected`. */
   readonly policyReloads: Counter<'result'>
   /** Audit lines a sink dropped past its bound (also reported in `audit.dropped` events). */
@@ -87,6 +89,11 @@ export function createMetrics(opts: MetricsOptions): GatewayMetrics {
     }),
     grantsIssued: new Counter({ name: 'jitgate_grants_issued_total', help: 'Grants issued by this replica.', registers }),
     grantsRevoked: new Counter({ name: 'jitgate_grants_revoked_total', help: 'Grants revoked through this replica.', registers }),
+    grantsExpired: new Counter({
+      name: 'jitgate_grants_expired_total',
+      help: 'Grants that ran out, counted by the replica that wrote their grant.expired event (summed over replicas: each grant once).',
+      registers,
+    }),
     policyReloads: new Counter({
       name: 'jitgate_policy_reloads_total',
       help: 'Policy reloads by result: loaded (a new version in force), unchanged, rejected (invalid; the previous version stays).',

@@ -19,7 +19,7 @@ t.test('jitgate audit export: a vendor’s requests, grants and calls in a perio
   const g = await startTestGateway(t, {
     policy: `resources:\n  - id: crm-api\n    upstream: UPSTREAM\n    match: { path_prefix: /crm }\n    max_ttl: 1h\n`,
     upstream: upstream.url,
-    config: `audit:\n  sinks:\n    - { type: file, path: ${trail} }\n`,
+    config: `store: { expiry_sweep_interval: 100ms }\naudit:\n  sinks:\n    - { type: file, path: ${trail} }\n`,
   })
   const jwksFile = join(dir, 'jwks.json')
   writeFileSync(jwksFile, (await call(`${g.controlUrl}/.well-known/jwks.json`)).text)
@@ -33,12 +33,14 @@ t.test('jitgate audit export: a vendor’s requests, grants and calls in a perio
   a.emit('request.created', { access_request_id: 'r_globex', subject: 'globex', resource: 'crm-api', actor: 'globex', scopes: ['GET /crm/**'] })
   const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m', reason: 'SUP-42' })
   const other = await g.issue({ subject: 'globex', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const brief = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '1s' })
   t.equal((await call(`${g.dataUrl}/crm/customers/1`, { token: grant.token })).status, 200)
   t.equal((await call(`${g.dataUrl}/crm/customers/2`, { token: grant.token })).status, 200)
   t.equal((await rawCall(g.dataUrl, '/crm/=HYPERLINK("http://evil"),x', { token: grant.token, method: 'DELETE' })).status, 403)
   t.equal((await call(`${g.dataUrl}/crm/customers/3`, { token: other.token })).status, 200)
   t.equal(await g.revoke(grant.id, '=HYPERLINK("http://evil","done")'), 204)
   t.equal((await call(`${g.dataUrl}/crm/customers/4`, { token: grant.token })).status, 403)
+  await g.waitForEvent((e) => e.event === 'grant.expired' && e.grant_id === brief.id)
   await g.stop()
 
   const from = new Date(Date.now() - 3_600_000).toISOString()
@@ -46,7 +48,7 @@ t.test('jitgate audit export: a vendor’s requests, grants and calls in a perio
   const out = join(dir, 'acme')
   const run = await runCli(['audit', 'export', '--subprocessor', 'acme', '--from', from, '--to', to, '--out', out, '--jwks', jwksFile, trail])
   t.equal(run.code, 0, run.stderr)
-  t.match(run.stdout, /1 request\(s\), 1 grant\(s\), 2 call\(s\) allowed, 2 denied\nintegrity: the files verify, checkpoint signatures included/)
+  t.match(run.stdout, /1 request\(s\), 2 grant\(s\), 2 call\(s\) allowed, 2 denied\nintegrity: the files verify, checkpoint signatures included/)
 
   const report = JSON.parse(readFileSync(`${out}.json`, 'utf8')) as EvidenceReport
   t.equal(report.subprocessor, 'acme')
@@ -57,8 +59,12 @@ t.test('jitgate audit export: a vendor’s requests, grants and calls in a perio
   t.match(report.requests, [
     { access_request_id: 'r_acme1', status: 'approved', decided_by: 'carol', reason: 'SUP-42 data fix', ticket: 'SUP-42', approvals: [{ actor: 'alice', stage: 1 }], grant_id: 'g_fromrequest000000' },
   ])
-  t.match(report.grants, [{ grant_id: grant.id, issued_by: 'operator', reason: 'SUP-42', revoked_by: 'operator', revoke_reason: '=HYPERLINK("http://evil","done")', calls: { allowed: 2, denied: 2 } }])
-  t.match(report.summary, { requests: { created: 1, approval_recorded: 1, approved: 1 }, grants: { issued: 1, revoked: 1 }, calls: { allowed: 2, denied: 2, denied_by_code: { scope_denied: 1, grant_revoked: 1 } } })
+  t.equal(report.grants.length, 2)
+  t.match(report.grants[0], { grant_id: grant.id, issued_by: 'operator', reason: 'SUP-42', revoked_by: 'operator', revoke_reason: '=HYPERLINK("http://evil","done")', calls: { allowed: 2, denied: 2 } })
+  t.notOk(report.grants[0]?.expired_at, 'a revoked grant did not expire')
+  t.match(report.grants[1], { grant_id: brief.id, expires_at: brief.expires_at, expired_at: brief.expires_at, calls: { allowed: 0, denied: 0 } })
+  t.notOk(report.grants[1]?.revoked_at)
+  t.match(report.summary, { requests: { created: 1, approval_recorded: 1, approved: 1 }, grants: { issued: 2, revoked: 1, expired: 1 }, calls: { allowed: 2, denied: 2, denied_by_code: { scope_denied: 1, grant_revoked: 1 } } })
 
   const csv = readFileSync(`${out}.csv`, 'utf8').split('\r\n')
   t.equal(csv[0], CSV_COLUMNS.join(','))

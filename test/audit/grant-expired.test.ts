@@ -6,7 +6,7 @@
  * the gateways stopped (their last sweep included), when nothing more can be written.
  */
 import t, { type Test } from 'tap'
-import { startTestGateway, sleep, type AuditRecord, type TestGateway } from '../helpers/gateway.js'
+import { startTestGateway, call, sleep, type AuditRecord, type TestGateway } from '../helpers/gateway.js'
 import { startRedis } from '../helpers/redis-server.js'
 import { auditValidator } from '../helpers/audit-schema.js'
 
@@ -57,6 +57,7 @@ t.test('memory store: one grant.expired per expired grant, none when revoked, th
   t.equal(x.expires_at, new Date(newExpiry).toISOString(), 'the new expiry')
   t.ok(Date.parse(x.time as string) >= newExpiry, 'written after the new expiry, not at the first one')
 
+  t.match((await call(`${g.controlUrl}/metrics`)).text, /^jitgate_grants_expired_total 3$/m, 'the metric counts them')
   await g.stop()
   for (const id of [plain.id, extended.id, later.id]) t.equal(g.audit.filter(expiredOf(id)).length, 1, `${id}: exactly one`)
   t.equal(g.audit.filter(expiredOf(revoked.id)).length, 0)
@@ -121,6 +122,11 @@ t.test('Redis: two replicas write exactly one grant.expired per expired grant, t
   redis.resume()
   const d = await waitBoth(expiredOf(during.id))
   t.equal(d.expires_at, during.expires_at)
+
+  // The metric, summed over the replicas, counts each expired grant once (sweeps are still running).
+  const expiredMetric = async (g: TestGateway): Promise<number> =>
+    Number(/^jitgate_grants_expired_total (\d+)$/m.exec((await call(`${g.controlUrl}/metrics`)).text)?.[1] ?? Number.NaN)
+  t.equal((await expiredMetric(a)) + (await expiredMetric(b)), 9, 'jitgate_grants_expired_total: 9 across the replicas')
 
   await Promise.all([a.stop(), b.stop()])
   const events = both()
