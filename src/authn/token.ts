@@ -174,3 +174,17 @@ export function extractBearer(
   if (!m) return { ok: false, code: 'token_malformed' }
   return { ok: true, token: m[1] as string }
 }
+
+/**
+ * The query string (`?…`, or `''`) without any parameter that carries `token`. The gateway never
+ * reads a token from the query, but a client that also put its JIT token there must not leak it to
+ * the upstream (and its access logs). Runs only when the query holds the token's text.
+ */
+export function queryWithoutToken(query: string, token: string): string {
+  if (query === '' || !query.includes(token)) return query
+  const kept = query
+    .slice(1)
+    .split('&')
+    .filter((param) => !param.includes(token))
+  return kept.length === 0 ? '' : `?${kept.join('&')}`
+}

@@ -9,7 +9,7 @@ import { normalizePath } from '../policy/path.js'
 import { compileScopes, type ScopeSet } from '../policy/scope.js'
 import type { Policy, Resource } from '../policy/policy.js'
 import { assessGrant, checkGrantUse, type GrantStanding } from '../policy/entitlements.js'
-import { extractBearer, type TokenClaims, type TokenVerifier } from '../authn/token.js'
+import { extractBearer, queryWithoutToken, type TokenClaims, type TokenVerifier } from '../authn/token.js'
 import { isUnclaimed, type Grant, type GrantStore } from '../grants/types.js'
 import type { DenyCode } from './codes.js'
 
@@ -96,7 +96,7 @@ export function createDecider(deps: DeciderDeps): Decider {
     async decide(input) {
       const q = input.url.indexOf('?')
       const rawPath = q === -1 ? input.url : input.url.slice(0, q)
-      const query = q === -1 ? '' : input.url.slice(q)
+      const rawQuery = q === -1 ? '' : input.url.slice(q)
       const normalized = normalizePath(rawPath)
       if (!normalized.ok) return { allow: false, code: 'path_rejected', detail: normalized.reason }
       const path = normalized.path
@@ -112,6 +112,8 @@ export function createDecider(deps: DeciderDeps): Decider {
       const verified = await deps.verifier().verify(bearer.token, resource.id)
       if (!verified.ok) return { allow: false, code: verified.code, detail: verified.detail, resource, path }
       const claims = verified.claims
+      // A copy of the token in the query string is never forwarded (the header's is dropped too).
+      const query = queryWithoutToken(rawQuery, bearer.token)
       const who = { resource, path, subject: claims.sub, grantId: claims.jti }
 
       let lookup

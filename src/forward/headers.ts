@@ -40,7 +40,11 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
  * Client headers never passed on, whatever else the request carries:
  * - hop-by-hop headers;
  * - `authorization`: the vendor's JIT token is the gateway's credential, never the upstream's;
- * - forwarding and identity headers, which only the gateway may assert (the client's are forgeable);
+ * - forwarding and identity headers, which only the gateway may assert (the client's are forgeable),
+ *   and the client-address headers other proxies and CDNs assert;
+ * - headers that make frameworks route or dispatch differently from the request line the scope was
+ *   checked against (`X-Original-URL`, `X-Rewrite-URL`, method overrides): a grant for `GET /a`
+ *   must not reach `POST /admin`;
  * - `expect`: Node's server has already answered `100-continue` to the client, and undici refuses
  *   to send the header at all.
  * `x-forwarded-*` and `x-jit-*` are matched by prefix in {@link isStrippedFromRequest}.
@@ -50,12 +54,35 @@ const REQUEST_STRIPPED: ReadonlySet<string> = new Set([
   'authorization',
   'forwarded',
   'x-real-ip',
+  'x-client-ip',
+  'x-cluster-client-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'fastly-client-ip',
   'x-request-id',
+  'x-original-url',
+  'x-original-uri',
+  'x-rewrite-url',
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
   'expect',
 ])
 
 function isStrippedFromRequest(name: string): boolean {
   return REQUEST_STRIPPED.has(name) || name.startsWith('x-forwarded-') || name.startsWith('x-jit-')
+}
+
+/**
+ * CGI, WSGI, Rack and PHP read `X_Jit_Subject` and `X-Jit-Subject` as the same variable
+ * (`HTTP_X_JIT_SUBJECT`) and often merge the two: a name with `_` is judged by its `-` spelling,
+ * so no variant of a header the gateway strips or sets can reach the upstream beside its own.
+ */
+function isStrippedUnderscoreVariant(name: string, inject: UpstreamHeaderContext['inject']): boolean {
+  const dashed = name.replaceAll('_', '-')
+  if (isStrippedFromRequest(dashed) || dashed === 'host') return true
+  for (const [injected] of inject) if (injected === dashed) return true
+  return false
 }
 
 function isHopByHop(name: string): boolean {
@@ -103,6 +130,7 @@ export function buildUpstreamHeaders(req: IncomingMessage, ctx: UpstreamHeaderCo
 
   for (const name of Object.keys(src)) {
     if (isStrippedFromRequest(name) || declaredHopByHop?.has(name) === true) continue
+    if (name.includes('_') && isStrippedUnderscoreVariant(name, ctx.inject)) continue
     out[name] = src[name]
   }
 

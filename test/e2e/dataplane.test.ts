@@ -140,6 +140,24 @@ t.test('an in-scope call is forwarded with credentials injected and the token st
   t.notOk(g.auditText().includes(SECRET) || g.auditText().includes(API_KEY), 'no injected secret in the audit trail')
 })
 
+t.test('a copy of the JIT token in the query string is not forwarded', async (t) => {
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const cases: [query: string, forwarded: string][] = [
+    [`?a=1&access_token=${grant.token}&b=2`, '?a=1&b=2'],
+    [`?access_token=${grant.token}`, ''],
+    [`?token=${grant.token}&jwt=${grant.token}`, ''],
+    ['?a=1', '?a=1'],
+  ]
+  for (const [query, forwarded] of cases) {
+    const res = await call(`${g.dataUrl}/crm/x${query}`, { token: grant.token })
+    t.equal(res.status, 200)
+    const seen = upstream.received.at(-1)!
+    t.equal(seen.url, `/crm/x${forwarded}`, `${query.replace(grant.token, 'TOKEN')} → ${forwarded || '(none)'}`)
+  }
+  t.notOk(upstream.received.some((r) => r.url.includes(grant.token)), 'the token never reached the upstream')
+})
+
 t.test('every deny code: status, body, challenge, audit event and metric agree', async (t) => {
   const { upstream, g } = await setup(t)
   const crm = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/*', 'POST /crm/tickets/**'], ttl: '10m' })

@@ -159,6 +159,49 @@ t.test('replaces every client-sent forwarding and identity header', async (t) =>
   t.equal(h['x-api-key'], 'secret-key', 'an injected credential replaces the client header of that name')
 })
 
+t.test('underscore spellings of the gateway’s headers are dropped too (CGI/WSGI read them as the same header)', async (t) => {
+  // The exact inputs of a finding: a WSGI upstream saw HTTP_X_JIT_SUBJECT="admin,acme".
+  const h = await upstreamHeadersFor([
+    'GET /x HTTP/1.1',
+    'Host: gw.example.com',
+    'X_Jit_Subject: admin',
+    'X_Forwarded_For: 6.6.6.6',
+    'x_forwarded-proto: http',
+    'X_Real_IP: 6.6.6.6',
+    'X_Request_Id: forged',
+    'X_API_Key: forged',
+    'Proxy_Authorization: Basic Zm9yZ2Vk',
+    'Authori_zation: harmless-but-odd',
+    'X_Custom_Header: kept',
+  ])
+  t.same(
+    Object.keys(h).sort(),
+    ['authori_zation', 'host', 'x-api-key', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-jit-grant', 'x-jit-subject', 'x-request-id', 'x_custom_header'],
+    'only the gateway’s own spellings remain, and unrelated underscore headers pass',
+  )
+  t.equal(h['x-jit-subject'], 'acme')
+  t.equal(h['x-api-key'], 'secret-key')
+})
+
+t.test('headers that reroute or redispatch a request behind the scope check are dropped', async (t) => {
+  const h = await upstreamHeadersFor([
+    'GET /x HTTP/1.1',
+    'Host: gw.example.com',
+    'X-Original-URL: /admin',
+    'X-Original-URI: /admin',
+    'X-Rewrite-URL: /admin',
+    'X-HTTP-Method-Override: DELETE',
+    'X-HTTP-Method: DELETE',
+    'X-Method-Override: DELETE',
+    'True-Client-IP: 6.6.6.6',
+    'X-Client-IP: 6.6.6.6',
+    'X-Cluster-Client-IP: 6.6.6.6',
+    'CF-Connecting-IP: 6.6.6.6',
+    'Fastly-Client-IP: 6.6.6.6',
+  ])
+  t.same(Object.keys(h).sort(), ['host', 'x-api-key', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-jit-grant', 'x-jit-subject', 'x-request-id'])
+})
+
 t.test('the gateway’s headers win over a credential of the same name', async (t) => {
   const h = await upstreamHeadersFor(['GET /x HTTP/1.1', 'Host: gw.example.com'], {
     ...ctx,
