@@ -151,7 +151,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     store,
     onStoreError: (operation) => metrics.storeErrors.inc({ operation }),
   })
-  const grants = createGrantService({ store, policy: getPolicy, tokens: () => issuer, audit, metrics })
+  const grants = createGrantService({ store, policy: getPolicy, tokens: () => issuer, audit, metrics, log })
   const workflow = startWorkflow({ config, grantStore: store, grants, policy: getPolicy, tokens: () => issuer, audit, metrics, log })
   const expiries = startExpirySweep(grants, config.store.expirySweepMs, rateLimited((err: Error) => log.warn({ err: err.message }, 'grant expiry sweep failed'), 5000))
 

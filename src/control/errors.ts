@@ -38,7 +38,7 @@ export const API_ERRORS = Object.freeze({
   outside_window: { status: 403, message: "The entitlement's time window does not include now." },
   ticket_required: { status: 422, message: 'The entitlement requires a ticket reference.' },
   break_glass_not_allowed: { status: 403, message: 'No break-glass entitlement covers this request.' },
-  store_unavailable: { status: 503, message: 'The grant store is unreachable; nothing was changed.' },
+  store_unavailable: { status: 503, message: 'The store did not answer in time; retry. A change it answered too late for may still land: it is audited if it does.' },
   internal_error: { status: 500, message: 'Internal error.' },
 } as const)
 

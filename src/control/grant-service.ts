@@ -4,7 +4,7 @@
  * approval and `extend` on an approved extension; the gateway's expiry sweep calls `reportExpired`.
  */
 import { randomBytes } from 'node:crypto'
-import type { Grant, GrantStore, Revocation } from '../grants/types.js'
+import type { Grant, GrantLookup, GrantStore, Revocation } from '../grants/types.js'
 import { GrantExistsError, StoreUnavailableError } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import { parseScope } from '../policy/scope.js'
@@ -63,7 +63,16 @@ export interface GrantServiceDeps {
   readonly audit: AuditLog
   readonly metrics: GatewayMetrics
   readonly now?: () => number
+  /** The operational log: writes the store confirmed too late, or never. */
+  readonly log?: { warn(fields: object, msg: string): void; info(fields: object, msg: string): void }
 }
+
+/** How long, at most, a write the store did not confirm in time is checked on, and how often. */
+export const RECONCILE_FOR_MS = 10 * 60_000
+export const RECONCILE_EVERY_MS = 500
+/** Who revokes an operator's grant whose issue was confirmed too late (its token was never handed out). */
+export const RECONCILE_ACTOR = 'system'
+export const UNCONFIRMED_ISSUE_REASON = 'issue confirmed too late: the caller was told it failed and never received the token'
 
 /** 128 random bits, URL-safe: grant ids appear in paths and are the token's `jti`. */
 export function newGrantId(): string {
@@ -74,20 +83,44 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
   const now = deps.now ?? Date.now
 
   /**
-   * Stores a new grant, counts and audits it. False when a grant with this id exists already
-   * (an approved request's grant issued by another replica or an earlier try): nothing is done.
+   * A write the store did not confirm within its deadline may still land: it was sent, and a hung
+   * Redis runs it once it answers again. The caller is told `store_unavailable` at once; meanwhile
+   * this finds out what happened by reading the grant behind the write (Redis answers one
+   * connection's commands in order, so the read sees the write if it ran), retrying while the
+   * store stays away (at most RECONCILE_FOR_MS), and hands a write that landed to `onLanded`, which
+   * audits it like any other: no change to a grant goes unrecorded.
    */
-  async function storeAndAudit(
-    grant: Grant,
-    ctx: { readonly requestId: string; readonly actor: string; readonly accessRequestId?: string },
-  ): Promise<boolean> {
-    try {
-      await deps.store.create(grant)
-    } catch (err) {
-      if (err instanceof GrantExistsError) return false
-      if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-      throw err
+  function unconfirmed(
+    what: 'issue' | 'revoke' | 'extend',
+    id: string,
+    landed: (lookup: GrantLookup) => boolean,
+    onLanded: (lookup: GrantLookup) => Promise<void> | void,
+  ): ApiError {
+    const started = Date.now()
+    const check = async (): Promise<void> => {
+      let lookup: GrantLookup
+      try {
+        lookup = await deps.store.get(id)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError && Date.now() - started < RECONCILE_FOR_MS) {
+          setTimeout(run, RECONCILE_EVERY_MS).unref()
+          return
+        }
+        deps.log?.warn({ grant_id: id, operation: what, err: String(err) }, 'gave up confirming a grant store write: its outcome is unknown')
+        return
+      }
+      if (!landed(lookup)) return
+      deps.log?.info({ grant_id: id, operation: what }, 'a grant store write confirmed too late landed: audited now')
+      await onLanded(lookup)
     }
+    const run = (): void => void check().catch((err: unknown) => deps.log?.warn({ grant_id: id, operation: what, err: String(err) }, 'confirming a grant store write failed'))
+    setImmediate(run)
+    return new ApiError('store_unavailable', [
+      `grant ${id}: the grant store did not answer in time; the ${what} may still take effect once it does: jitgate checks, and audits what happened`,
+    ])
+  }
+
+  function auditIssued(grant: Grant, ctx: { readonly requestId: string; readonly actor: string; readonly accessRequestId?: string }): void {
     deps.metrics.grantsIssued.inc()
     deps.audit.emit('grant.issued', {
       request_id: ctx.requestId,
@@ -102,6 +135,68 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
       ...(grant.reason !== undefined ? { reason: grant.reason } : {}),
       ...(grant.claim !== undefined ? { claim_by: new Date(grant.claim.by).toISOString() } : {}),
     })
+  }
+
+  function auditRevoked(id: string, revocation: Revocation, requestId: string): void {
+    deps.metrics.grantsRevoked.inc()
+    deps.audit.emit('grant.revoked', {
+      request_id: requestId,
+      actor: revocation.revokedBy,
+      reason: revocation.reason,
+      grant_id: id,
+      subject: revocation.subject,
+      resource: revocation.resource,
+    })
+  }
+
+  async function revokeAndAudit(id: string, actor: string, reason: string, requestId: string): Promise<Revocation | null> {
+    let revocation: Revocation | null
+    try {
+      revocation = await deps.store.revoke(id, actor, reason)
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) {
+        throw unconfirmed(
+          'revoke',
+          id,
+          (l) => l.status === 'revoked' && l.revocation.revokedBy === actor && l.revocation.reason === reason,
+          (l) => auditRevoked(id, (l as { revocation: Revocation }).revocation, requestId),
+        )
+      }
+      throw err
+    }
+    if (revocation) auditRevoked(id, revocation, requestId)
+    return revocation
+  }
+
+  /**
+   * Stores a new grant, counts and audits it. False when a grant with this id exists already
+   * (an approved request's grant issued by another replica or an earlier try): nothing is done.
+   */
+  async function storeAndAudit(
+    grant: Grant,
+    ctx: { readonly requestId: string; readonly actor: string; readonly accessRequestId?: string },
+    /** The caller is the only one who could hand out the token: a grant that lands too late is revoked. */
+    handedOutByCaller: boolean,
+  ): Promise<boolean> {
+    try {
+      await deps.store.create(grant)
+    } catch (err) {
+      if (err instanceof GrantExistsError) return false
+      if (err instanceof StoreUnavailableError) {
+        throw unconfirmed(
+          'issue',
+          grant.id,
+          (l) => l.status !== 'not_found',
+          async () => {
+            auditIssued(grant, ctx)
+            // An approved request's grant is the requester's to fetch; an operator's token died with the failed call.
+            if (handedOutByCaller) await revokeAndAudit(grant.id, RECONCILE_ACTOR, UNCONFIRMED_ISSUE_REASON, ctx.requestId).catch(() => {})
+          },
+        )
+      }
+      throw err
+    }
+    auditIssued(grant, ctx)
     return true
   }
   return {
@@ -146,29 +241,28 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
       })
       const token = await deps.tokens().issue(grant)
       // A fresh random id cannot collide; if it ever did, failing is right (never two grants, one id).
-      if (!(await storeAndAudit(grant, { requestId: input.requestId, actor: input.actor }))) {
+      if (!(await storeAndAudit(grant, { requestId: input.requestId, actor: input.actor }, true))) {
         throw new Error(`grant id ${grant.id} already exists`)
       }
       return { grant, token }
     },
 
     issueApproved(grant, ctx) {
-      return storeAndAudit(grant, ctx)
+      return storeAndAudit(grant, ctx, false)
     },
 
     async extend(id, expiresAt, ctx) {
-      let before: Grant | undefined
-      let after: Grant | null
+      let lookup: GrantLookup
       try {
-        const lookup = await deps.store.get(id)
-        if (lookup.status === 'active') before = lookup.grant
-        after = before === undefined ? null : await deps.store.extend(id, expiresAt)
+        lookup = await deps.store.get(id)
       } catch (err) {
         if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
         throw err
       }
-      if (before === undefined || after === null) throw new ApiError('grant_not_found')
-      if (after.expiresAt > before.expiresAt) {
+      if (lookup.status !== 'active') throw new ApiError('grant_not_found')
+      const before = lookup.grant
+      const audited = (after: Grant): void => {
+        if (after.expiresAt <= before.expiresAt) return
         deps.audit.emit('grant.extended', {
           request_id: ctx.requestId,
           access_request_id: ctx.accessRequestId,
@@ -180,27 +274,28 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
           previous_expires_at: new Date(before.expiresAt).toISOString(),
         })
       }
+      let after: Grant | null
+      try {
+        after = await deps.store.extend(id, expiresAt)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) {
+          throw unconfirmed(
+            'extend',
+            id,
+            (l) => l.status === 'active' && l.grant.expiresAt === expiresAt && expiresAt > before.expiresAt,
+            (l) => audited((l as { grant: Grant }).grant),
+          )
+        }
+        throw err
+      }
+      if (after === null) throw new ApiError('grant_not_found')
+      audited(after)
       return after
     },
 
     async revoke(id, actor, reason, requestId) {
-      let revocation: Revocation | null
-      try {
-        revocation = await deps.store.revoke(id, actor, reason)
-      } catch (err) {
-        if (err instanceof StoreUnavailableError) throw new ApiError('store_unavailable')
-        throw err
-      }
+      const revocation = await revokeAndAudit(id, actor, reason, requestId)
       if (!revocation) throw new ApiError('grant_not_found')
-      deps.metrics.grantsRevoked.inc()
-      deps.audit.emit('grant.revoked', {
-        request_id: requestId,
-        actor,
-        reason,
-        grant_id: id,
-        subject: revocation.subject,
-        resource: revocation.resource,
-      })
       return revocation
     },
 

@@ -262,7 +262,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
         // Every refused call is on record for the SIEM, with its code (a self-approval, a missing
         // MFA proof, a request outside the entitlement...), unless it was recorded where it arose.
         const status = API_ERRORS[err.code].status
-        if (status >= 400 && status < 500 && !auditedRefusals.has(err)) {
+        if (status >= 400 && !auditedRefusals.has(err)) {
           deps.audit.emit('admin.denied', {
             request_id: requestId,
             method: bounded(req.method ?? ''),
