@@ -223,10 +223,30 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       }),
     )
   })
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    // Malformed HTTP never reaches the pipeline; answer 400 where the socket still can be.
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => {
+    // Malformed HTTP never reaches the pipeline: it is denied here, coded and audited like any
+    // other denial, where the socket can still be answered.
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
-    socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      // The client never finished its headers (headersTimeout): a stalled connection, not a request.
+      return void socket.end('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+    }
+    const requestId = randomUUID()
+    const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
+    writeDenyToSocket(socket, code, requestId)
+    countRequest('', 'deny', code)
+    const { method, path } = requestLineOf(err.rawPacket)
+    audit.emit('access.denied', {
+      request_id: requestId,
+      method,
+      path,
+      status: DENY_CODES[code].status,
+      code,
+      detail: bounded(err.code ?? 'parse error'),
+      client_ip: (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? '',
+      duration_ms: 0,
+      protocol: 'http',
+    })
   })
   return {
     server,
@@ -242,6 +262,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       return handlers.size
     },
   }
+}
+
+/**
+ * Method and path (cut before `?`, bounded) from the start of a request the parser refused, for
+ * its audit event: what the SIEM needs to see who tried what. Empty when there is no request line.
+ */
+function requestLineOf(raw: Buffer | undefined): { method: string; path: string } {
+  if (raw === undefined || raw.length === 0) return { method: '', path: '' }
+  const line = raw.subarray(0, 8192).toString('latin1').split('\r\n', 1)[0] as string
+  const [method = '', target = ''] = line.split(' ', 2)
+  return { method: bounded(method), path: bounded(target.split('?', 1)[0] as string) }
 }
 
 function elapsed(started: number): number {

@@ -51,6 +51,11 @@ export const DENY_CODES = Object.freeze({
   outside_window: { status: 403, message: "The request is outside the entitlement's time window." },
   websocket_not_allowed: { status: 403, message: 'This resource does not accept WebSocket connections.' },
   upgrade_not_supported: { status: 400, message: 'Only WebSocket upgrades are supported.' },
+  request_header_too_large: {
+    status: 431,
+    message: 'The request line and headers exceed the size the gateway accepts.',
+  },
+  malformed_request: { status: 400, message: 'The request is not well-formed HTTP/1.1.' },
   store_unavailable: {
     status: 503,
     message: 'The grant store did not answer in time; access is denied until it does.',

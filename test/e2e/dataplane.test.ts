@@ -5,6 +5,7 @@
  */
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { SignJWT, importJWK } from 'jose'
 import WebSocket from 'ws'
@@ -204,6 +205,57 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
     t.match(metrics.text, new RegExp(`jitgate_requests_total\\{resource="[^"]*",decision="deny",code="${code}"\\} \\d+`), `metric for ${code}`)
   }
   t.notOk(g.auditText().includes(crm.token), 'tokens never logged, even rejected ones')
+})
+
+/** Writes raw bytes to the data plane; resolves with the whole response text once the server closes. */
+function rawExchange(base: string, bytes: string): Promise<string> {
+  const u = new URL(base)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(u.port), u.hostname, () => socket.write(bytes))
+    let text = ''
+    socket.on('data', (c: Buffer) => (text += c.toString('latin1')))
+    socket.on('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNRESET' || err.code === 'EPIPE' ? resolve(text) : reject(err)))
+    socket.on('close', () => resolve(text))
+  })
+}
+
+t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing forwarded', async (t) => {
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
+  const before = upstream.received.length
+  // The exact inputs of a finding: a 20 KB header and a 70 KB path got a bare, unaudited 400.
+  const cases: { name: string; bytes: string; code: 'request_header_too_large' | 'malformed_request'; method: string; path: string }[] = [
+    {
+      name: '20 KB header',
+      bytes: `GET /crm/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
+      code: 'request_header_too_large',
+      method: 'GET',
+      path: '/crm/customers/1',
+    },
+    {
+      name: '70 KB path',
+      bytes: `GET /crm/${'a'.repeat(70_000)}?q=${grant.token} HTTP/1.1\r\nHost: a\r\n\r\n`,
+      code: 'request_header_too_large',
+      method: 'GET',
+      path: `/crm/${'a'.repeat(100)}`,
+    },
+    { name: 'not HTTP', bytes: 'HELLO\r\n\r\n', code: 'malformed_request', method: String, path: String } as never,
+    { name: 'bad header line', bytes: 'GET /crm/x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n', code: 'malformed_request', method: 'GET', path: '/crm/x' },
+  ]
+  for (const c of cases) {
+    const text = await rawExchange(g.dataUrl, c.bytes)
+    const status = DENY_CODES[c.code].status
+    t.match(text, new RegExp(`^HTTP/1\\.1 ${status} `), `${c.name}: ${status}`)
+    const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)) as { error: { code: string; request_id: string } }
+    t.equal(body.error.code, c.code, `${c.name}: body code`)
+    const ev = await g.waitForEvent((e) => e.event === 'access.denied' && e.request_id === body.error.request_id)
+    t.match(ev, { code: c.code, status, method: c.method, path: c.path, client_ip: '127.0.0.1', protocol: 'http' }, `${c.name}: audit`)
+  }
+  t.equal(upstream.received.length, before, 'nothing was forwarded')
+  t.notOk(g.auditText().includes(grant.token), 'no token in the audit, even from a refused request line')
+  const metrics = (await call(`${g.controlUrl}/metrics`)).text
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 2/)
 })
 
 t.test('upstream failures after an allowed decision: 502 and 504, coded', async (t) => {
