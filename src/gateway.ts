@@ -209,7 +209,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
   audit.emit('policy.loaded', { policy_files: policy.files.map((f) => f.split('/').pop() as string) })
   // The SIEM gets the addresses actually bound (0.0.0.0 included), not the loopback URLs of the log.
   audit.emit('gateway.started', { store: store.kind, listen: { data: boundAddress(dataPlane.server), control: boundAddress(control) }, schema_version: AUDIT_SCHEMA_VERSION })
-  log.info({ data: dataUrl, control: controlUrl, store: store.kind, policy_version: policy.version, resources: [...policy.resources.keys()] }, 'jitgate listening')
+  log.info({ data: dataUrl, control: controlUrl, pid: process.pid, store: store.kind, policy_version: policy.version, resources: [...policy.resources.keys()] }, 'jitgate listening')
 
   let stopping: Promise<void> | undefined
   return {

@@ -311,7 +311,9 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     return asked && argv[1] !== undefined ? 0 : 2
   }
   if (!cmd) {
-    io.err(`jitgate: unknown command "${argv.slice(0, 2).join(' ')}"\n\n${help()}`)
+    // Only the words that could be a command: `jitgate bogus --help` names `bogus`.
+    const words = argv.slice(0, 2).filter((a, i) => i === 0 || !a.startsWith('-'))
+    io.err(`jitgate: unknown command "${words.join(' ')}"\n\n${help()}`)
     return 2
   }
   const rest = argv.slice(name.split(' ').length)

@@ -219,7 +219,7 @@ ${VENDOR_HELP}`,
       usage: `jitgate approvals list [--all]
 
   --all        every request, not only pending ones
-${APPROVER_HELP}`,
+${APPROVER_HELP.replace(', and\n  --totp CODE, the code your authenticator shows now (each code works once).', ' (listing needs\n  no TOTP code: only decisions do).')}`,
       options: { ...approverOptions, all: { type: 'boolean' } },
       async run(v, _pos, io) {
         const res = (await h.api(io, v, 'GET', v.all ? '/v1/requests' : '/v1/requests?status=pending', undefined, approverAuth(v, io, false))) as { requests: RequestView[] }

@@ -80,6 +80,9 @@ export function createLivePolicy(deps: LivePolicyDeps): LivePolicy {
       // must not stay "rejected".
       log.info({ trigger, policy_version: r.policy.version }, 'policy files valid again: the version in force is unchanged')
       audit.emit('policy.loaded', { policy_files: fileNames(r.policy), actor })
+    } else if (trigger === 'signal') {
+      // An operator who sent SIGHUP waits for an answer; an editor's saves need none.
+      log.info({ trigger, policy_version: r.policy.version }, 'policy unchanged: the version in force stays')
     } else {
       log.debug({ trigger, policy_version: r.policy.version }, 'policy unchanged')
     }
