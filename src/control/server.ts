@@ -70,7 +70,12 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
 
   /** Constant-time comparison of digests, so neither length nor prefix leaks through timing. */
   function authenticate(req: IncomingMessage): string {
-    if (adminDigest === undefined) return 'local-operator'
+    if (adminDigest === undefined) {
+      // The open loopback API serves callers without credentials. One that presents a bearer is
+      // another principal (a vendor's assertion, an approver's ID token), never the operator.
+      if (!hasCredential(req)) return 'local-operator'
+      throw new ApiError('unauthorized', ['no operator token is configured: operator calls carry no Authorization header, and this credential is not an operator’s'])
+    }
     const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')
     if (!m || !timingSafeEqual(sha256(m[1] as string), adminDigest)) throw new ApiError('unauthorized')
     const who = req.headers['x-jitgate-actor']
@@ -83,7 +88,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
    * configured, no Authorization header at all (a bearer there belongs to another kind of caller).
    */
   function operatorOf(req: IncomingMessage): string | undefined {
-    if (adminDigest === undefined) return req.headers.authorization === undefined ? authenticate(req) : undefined
+    if (adminDigest === undefined) return hasCredential(req) ? undefined : authenticate(req)
     try {
       return authenticate(req)
     } catch {
@@ -392,6 +397,11 @@ export function durationField(body: Record<string, unknown>, name: string): numb
   const ms = typeof v === 'string' ? parseDuration(v) : undefined
   if (ms === undefined || ms < 1000) throw new ApiError('invalid_request', [`${name}: expected a duration with a unit, such as "15m", "2h" or "1h30m" (at least 1s)`])
   return ms
+}
+
+/** An Authorization header with something in it (an empty one is no credential). */
+function hasCredential(req: IncomingMessage): boolean {
+  return (req.headers.authorization ?? '').trim() !== ''
 }
 
 function sha256(s: string): Buffer {

@@ -128,6 +128,14 @@ t.test('without an admin token the API refuses a non-loopback listener', async (
   const res = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '60s' }, { authorization: '' })
   t.equal(res.status, 201, 'open on loopback')
   t.match(g.audit.find((e) => e.event === 'grant.issued'), { actor: 'local-operator' })
+  // A caller that presents another principal's credential (the exact input of a finding: a
+  // vendor's signed assertion) is not the anonymous local operator, and cannot issue itself a grant.
+  const vendorLike = 'eyJhbGciOiJFZERTQSJ9.eyJpc3MiOiJhY21lIiwic3ViIjoiYWNtZSJ9.c2ln'
+  const refused = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['* /crm/**'], ttl: '1h' }, { authorization: `Bearer ${vendorLike}` })
+  t.equal(refused.status, 401)
+  t.equal(refused.json.error.code, 'unauthorized')
+  t.equal((await call(`${g.controlUrl}/v1/grants`, { headers: { authorization: `Bearer ${vendorLike}` } })).status, 401, 'nor list grants')
+  t.equal(g.audit.filter((e) => e.event === 'grant.issued').length, 1)
 })
 
 t.test('without an admin token, only loopback Host names are answered (DNS rebinding)', async (t) => {
