@@ -295,8 +295,15 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
 
     async revoke(id, actor, reason, requestId) {
       const revocation = await revokeAndAudit(id, actor, reason, requestId)
-      if (!revocation) throw new ApiError('grant_not_found')
-      return revocation
+      if (revocation) return revocation
+      // Nothing active to revoke: say whether it was revoked already (its tombstone lives as long
+      // as the grant would have) or is unknown or expired.
+      const lookup = await deps.store.get(id).catch(() => ({ status: 'not_found' }) as const)
+      if (lookup.status === 'revoked') {
+        const r = lookup.revocation
+        throw new ApiError('grant_already_revoked', [`revoked by ${r.revokedBy} at ${new Date(r.revokedAt).toISOString()}: ${r.reason}`])
+      }
+      throw new ApiError('grant_not_found')
     },
 
     async reportExpired() {

@@ -594,6 +594,10 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     async revokeGrant(grantId, by, reason, ctx) {
       if (typeof by !== 'string') {
         const lookup = await stored(() => deps.grantStore.get(grantId))
+        if (lookup.status === 'revoked') {
+          const r = lookup.revocation
+          throw refuse('grant_already_revoked', `revoked by ${r.revokedBy} at ${new Date(r.revokedAt).toISOString()}: ${r.reason}`)
+        }
         if (lookup.status !== 'active') throw refuse('grant_not_found')
         if (isRequester(by, lookup.grant.subject)) throw refuse('self_approval', 'a requester ends its own grant with POST /v1/requests/{id}/relinquish')
         if (!by.mfa) throw refuse('mfa_required')

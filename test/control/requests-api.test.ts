@@ -281,7 +281,7 @@ t.test('approvers revoke through DELETE /v1/grants/{id}: who may, with a reason,
   t.equal((await call(`${g.dataUrl}/crm/customers/1`, { token: first.token })).status, 200, 'no refusal revoked anything')
   t.equal((await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }, { reason: 'vendor offboarded' })).status, 204, 'an OIDC approver of the stage groups')
   t.match(await call(`${g.dataUrl}/crm/customers/1`, { token: first.token }), { status: 403, json: { error: { code: 'grant_revoked' } } })
-  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }, { reason: 'again' }), { status: 404, json: { error: { code: 'grant_not_found' } } })
+  t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }, { reason: 'again' }), { status: 409, json: { error: { code: 'grant_already_revoked', details: [/^revoked by \S+ at \S+: vendor offboarded$/] } } })
 
   const second = await approved()
   t.equal((await revokeGrant(u, second.grantId, { approver: w.alice }, { reason: 'done early' })).status, 204, 'a local approver, with its TOTP code')

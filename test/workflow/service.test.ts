@@ -251,7 +251,7 @@ t.test('relinquish and revoke end the grant', async (t) => {
   await refused(t, h.service.relinquish(mine.id, 'globex', ctx), 'request_not_found')
   await h.service.relinquish(mine.id, 'acme', ctx)
   t.match(await h.grantStore.get(mine.grantId), { status: 'revoked', revocation: { revokedBy: 'acme', reason: 'relinquished by the requester' } })
-  await refused(t, h.service.relinquish(mine.id, 'acme', ctx), 'wrong_state', 'once')
+  await refused(t, h.service.relinquish(mine.id, 'acme', ctx), 'grant_already_revoked', 'once')
 
   const theirs = await approve()
   await refused(t, h.service.revoke(theirs.id, localApprover('carol', false), 'x', ctx), 'mfa_required')
