@@ -15,6 +15,7 @@ import type { GrantService } from './grant-service.js'
 import { API_ERRORS, ApiError, auditedRefusals, sendError, sendJson } from './errors.js'
 import { isBareNumber, noUnitMessage, parseDuration } from '../util/duration.js'
 import { ID_PATTERN } from '../policy/schema.js'
+import { duplicateKey } from '../util/json-keys.js'
 import { serveConsole } from '../console/site.js'
 
 export interface ControlPlaneDeps {
@@ -341,11 +342,14 @@ export async function readJson(req: IncomingMessage): Promise<Record<string, unk
     chunks.push(chunk as Buffer)
   }
   let value: unknown
+  const text = Buffer.concat(chunks).toString('utf8')
   try {
-    value = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    value = JSON.parse(text)
   } catch {
     throw new ApiError('invalid_request', ['body: not valid JSON'])
   }
+  const dup = duplicateKey(text)
+  if (dup !== undefined) throw new ApiError('invalid_request', [`body: the key ${JSON.stringify(dup.slice(0, 64))} occurs twice in one object`])
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new ApiError('invalid_request', ['body: expected a JSON object'])
   }

@@ -47,6 +47,11 @@ t.test('issuing: every validation problem is reported, coded', async (t) => {
     'ttl: expected a duration with a unit, such as "15m", "2h" or "1h30m" (at least 1s)',
   ])
   t.match(await post(url, '{not json'), { status: 400, json: { error: { code: 'invalid_request', details: ['body: not valid JSON'] } } })
+  // One body, two meanings (JSON.parse keeps the last key, other parsers the first): refused.
+  t.match(await post(url, '{"subject":"acme","resource":"crm-api","scopes":["GET /crm/**"],"ttl":"1m","subject":"globex"}'), {
+    status: 400,
+    json: { error: { code: 'invalid_request', details: ['body: the key "subject" occurs twice in one object'] } },
+  })
   t.match(await post(url, '[]'), { status: 400, json: { error: { details: ['body: expected a JSON object'] } } })
   t.match(await post(url, 'x'.repeat(70_000)), { status: 413, json: { error: { code: 'payload_too_large' } } })
   t.match(await post(url, '{}', { 'content-type': 'text/plain' }), { status: 415, json: { error: { code: 'unsupported_media_type' } } })
