@@ -50,6 +50,7 @@ import { checkCoverage } from './coverage.js'
 import { isMember, isRequester, type Approver } from './auth/approvers.js'
 import type { AccessRequest, RequestFilter, RequestKind, RequestStore } from './request-store.js'
 import type { WorkflowMetrics } from './metrics.js'
+import { RECONCILE_EVERY_MS, RECONCILE_FOR_MS } from '../control/grant-service.js'
 import type { Notifier } from './notify.js'
 
 /** The actor of transitions the gateway makes by itself (expiry, escalation). */
@@ -171,13 +172,64 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
    * and returns the next one (or throws a refusal). Returns the record as written, and the one it
    * replaced.
    */
-  async function transition(id: string, decide: (r: AccessRequest, t: number) => Promise<AccessRequest> | AccessRequest): Promise<[AccessRequest, AccessRequest]> {
+  /**
+   * Reads a request, decides its next version and compare-and-sets it, retrying on a concurrent
+   * change; then `landed` audits and acts on the change (written, before). A write the store did
+   * not confirm in time may still land (a hung Redis runs it when it wakes): the caller is told
+   * `store_unavailable`, and the request is read again behind the write, in the background, so
+   * a change that did land is audited and acted on all the same: no transition goes unrecorded.
+   */
+  async function transition(
+    id: string,
+    decide: (r: AccessRequest, t: number) => Promise<AccessRequest> | AccessRequest,
+    landed: (written: AccessRequest, before: AccessRequest) => Promise<void> | void,
+  ): Promise<[AccessRequest, AccessRequest]> {
     for (let round = 0; round < MAX_ROUNDS; round++) {
       const r = await load(id)
       const written = await decide(r, now())
-      if (await stored(() => deps.requests.update(written))) return [written, r]
+      let ok: boolean
+      try {
+        ok = await deps.requests.update(written)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError) {
+          confirmLater(written, () => landed(written, r))
+          throw new ApiError('store_unavailable', [`request ${id}: the store did not answer in time; the change may still land once it does: jitgate checks, and audits it if it did`])
+        }
+        throw err
+      }
+      if (ok) {
+        await landed(written, r)
+        return [written, r]
+      }
     }
     throw new ApiError('wrong_state', ['the request kept changing concurrently; try again'])
+  }
+
+  /** Reads `written` back behind its unconfirmed write until the store answers (bounded); runs `then` if it landed. */
+  function confirmLater(written: AccessRequest, then: () => Promise<void> | void): void {
+    const started = Date.now()
+    const text = JSON.stringify(written)
+    const check = async (): Promise<void> => {
+      let current: AccessRequest | undefined
+      try {
+        current = await deps.requests.get(written.id)
+      } catch (err) {
+        if (err instanceof StoreUnavailableError && Date.now() - started < RECONCILE_FOR_MS) {
+          setTimeout(run, RECONCILE_EVERY_MS).unref()
+          return
+        }
+        deps.log.warn({ access_request_id: written.id, err: String(err) }, 'gave up confirming a request store write: its outcome is unknown')
+        return
+      }
+      if (current !== undefined && JSON.stringify(current) === text) {
+        deps.log.info({ access_request_id: written.id, version: written.version }, 'a request store write confirmed too late landed: audited now')
+        await then()
+      } else if (current !== undefined && current.version > written.version) {
+        deps.log.warn({ access_request_id: written.id, version: written.version }, 'a request store write confirmed too late was overtaken by later changes: its outcome is unknown')
+      }
+    }
+    const run = (): void => void check().catch((err: unknown) => deps.log.warn({ access_request_id: written.id, err: String(err) }, 'confirming a request store write failed'))
+    setImmediate(run)
   }
 
   const refuse = (code: ApiErrorCode, detail?: string): ApiError => new ApiError(code, detail === undefined ? undefined : [detail])
@@ -333,35 +385,43 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
   }
 
   async function expire(r: AccessRequest): Promise<void> {
-    let won: AccessRequest
     try {
-      ;[won] = await transition(r.id, (cur) => {
-        if (cur.status !== 'pending') throw refuse('wrong_state')
-        return next(cur, { status: 'expired', decidedAt: cur.expiresAt, decidedBy: SYSTEM_ACTOR })
-      })
+      await transition(
+        r.id,
+        (cur) => {
+          if (cur.status !== 'pending') throw refuse('wrong_state')
+          return next(cur, { status: 'expired', decidedAt: cur.expiresAt, decidedBy: SYSTEM_ACTOR })
+        },
+        (won) => {
+          audit.emit('request.expired', { ...base(won), actor: SYSTEM_ACTOR, expires_at: new Date(won.expiresAt).toISOString() })
+          metrics.outcomes.inc({ outcome: 'expired' })
+          notifier.notify({ event: 'request.expired', at: won.expiresAt, request: won })
+        },
+      )
     } catch (err) {
       if (err instanceof ApiError && err.code === 'wrong_state') return // another replica or action got there first
       throw err
     }
-    audit.emit('request.expired', { ...base(won), actor: SYSTEM_ACTOR, expires_at: new Date(won.expiresAt).toISOString() })
-    metrics.outcomes.inc({ outcome: 'expired' })
-    notifier.notify({ event: 'request.expired', at: won.expiresAt, request: won })
   }
 
   async function escalate(r: AccessRequest, t: number): Promise<void> {
-    let won: AccessRequest
     try {
-      ;[won] = await transition(r.id, (cur) => {
-        if (cur.status !== 'pending' || cur.escalatedAt !== undefined) throw refuse('wrong_state')
-        return next(cur, { escalatedAt: t })
-      })
+      await transition(
+        r.id,
+        (cur) => {
+          if (cur.status !== 'pending' || cur.escalatedAt !== undefined) throw refuse('wrong_state')
+          return next(cur, { escalatedAt: t })
+        },
+        (won) => {
+          const group = principals().approvalPolicies.get(won.approvalPolicy)?.escalationGroup
+          audit.emit('request.escalated', { ...base(won), actor: SYSTEM_ACTOR, stage: currentStage(won) + 1 })
+          notifier.notify({ event: 'request.escalated', at: t, request: won, ...(group !== undefined ? { escalationGroup: group } : {}) })
+        },
+      )
     } catch (err) {
       if (err instanceof ApiError && err.code === 'wrong_state') return
       throw err
     }
-    const group = principals().approvalPolicies.get(won.approvalPolicy)?.escalationGroup
-    audit.emit('request.escalated', { ...base(won), actor: SYSTEM_ACTOR, stage: currentStage(won) + 1 })
-    notifier.notify({ event: 'request.escalated', at: t, request: won, ...(group !== undefined ? { escalationGroup: group } : {}) })
   }
 
   /** The first stage still short of approvals (stages.length when all are complete). */
@@ -437,7 +497,22 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
   // ---- the service -----------------------------------------------------------------------------
 
   async function open(r: AccessRequest, auto: boolean, ctx: CallContext): Promise<AccessRequest> {
-    await stored(() => deps.requests.create(r))
+    try {
+      await deps.requests.create(r)
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) {
+        // A create that lands late is a request all the same: audited (and acted on) once seen.
+        confirmLater(r, () => opened(r, auto, ctx))
+        throw new ApiError('store_unavailable', [`request ${r.id}: the store did not answer in time; the request may still be recorded once it does: jitgate checks, and audits it if it is`])
+      }
+      throw err
+    }
+    await opened(r, auto, ctx)
+    return r
+  }
+
+  /** Audits, notifies and (when approved at once) issues a request just stored. */
+  async function opened(r: AccessRequest, auto: boolean, ctx: CallContext): Promise<void> {
     metrics.outcomes.inc({ outcome: 'created' })
     audit.emit('request.created', {
       ...base(r),
@@ -466,7 +541,6 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       notifier.notify({ event: 'request.created', at: r.createdAt, request: r, actor: r.subject })
     }
     if (r.status === 'approved') await approved(r, ctx, auto)
-    return r
   }
 
   /** A new request record, approved at once when `approveAs` names the approving actor. */
@@ -531,7 +605,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     },
 
     async approve(id, approver, comment, ctx) {
-      const [r, before] = await transition(id, async (cur, t) => {
+      const [r] = await transition(id, async (cur, t) => {
         checkApprover(approver, cur)
         await checkPending(cur, t)
         if (cur.approvals.some((a) => a.approver === approver.id)) throw refuse('already_approved')
@@ -543,11 +617,12 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
         const recorded = next(cur, { approvals })
         if (currentStage(recorded) < recorded.stages.length) return recorded
         return { ...recorded, status: 'approved', decidedAt: t, decidedBy: approver.id, ...(comment !== undefined ? { comment } : {}), ...(await grantWindow(cur, t)) }
+      }, async (r, before) => {
+        const stage = (r.approvals.at(-1) as { stage: number }).stage
+        audit.emit('request.approval_recorded', { ...base(r), request_id: ctx.requestId, actor: approver.id, stage: stage + 1, ...(comment !== undefined ? { comment } : {}) })
+        // This caller's write moved the request to approved: it, and only it, issues the grant.
+        if (r.status === 'approved' && before.status === 'pending') await approved(r, ctx, false)
       })
-      const stage = (r.approvals.at(-1) as { stage: number }).stage
-      audit.emit('request.approval_recorded', { ...base(r), request_id: ctx.requestId, actor: approver.id, stage: stage + 1, ...(comment !== undefined ? { comment } : {}) })
-      // This caller's write moved the request to approved: it, and only it, issues the grant.
-      if (r.status === 'approved' && before.status === 'pending') await approved(r, ctx, false)
       return r
     },
 
@@ -557,10 +632,11 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
         await checkPending(cur, t)
         if (!mayDecide(approver, cur)) throw refuse('not_an_approver')
         return next(cur, { status: 'denied', decidedAt: t, decidedBy: approver.id, ...(comment !== undefined ? { comment } : {}) })
+      }, (r) => {
+        audit.emit('request.denied', { ...base(r), request_id: ctx.requestId, actor: approver.id, ...(comment !== undefined ? { comment } : {}) })
+        metrics.outcomes.inc({ outcome: 'denied' })
+        notifier.notify({ event: 'request.denied', at: r.decidedAt as number, request: r, actor: approver.id })
       })
-      audit.emit('request.denied', { ...base(r), request_id: ctx.requestId, actor: approver.id, ...(comment !== undefined ? { comment } : {}) })
-      metrics.outcomes.inc({ outcome: 'denied' })
-      notifier.notify({ event: 'request.denied', at: r.decidedAt as number, request: r, actor: approver.id })
       return r
     },
 
@@ -569,9 +645,10 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       const [r] = await transition(id, async (cur, t) => {
         await checkPending(cur, t)
         return next(cur, { status: 'cancelled', decidedAt: t, decidedBy: subject })
+      }, (r) => {
+        audit.emit('request.cancelled', { ...base(r), request_id: ctx.requestId, actor: subject })
+        metrics.outcomes.inc({ outcome: 'cancelled' })
       })
-      audit.emit('request.cancelled', { ...base(r), request_id: ctx.requestId, actor: subject })
-      metrics.outcomes.inc({ outcome: 'cancelled' })
       return r
     },
 
@@ -643,15 +720,16 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
         if (cur.review?.status !== 'open') throw refuse('wrong_state', 'no open break-glass review')
         if (!mayDecide(approver, cur)) throw refuse('not_an_approver')
         return next(cur, { review: { status: 'closed', reviewedBy: approver.id, reviewedAt: t, ...(comment !== undefined ? { comment } : {}) } })
-      })
-      audit.emit('breakglass.reviewed', {
-        request_id: ctx.requestId,
-        access_request_id: r.id,
-        actor: approver.id,
-        subject: r.subject,
-        resource: r.resource,
-        grant_id: r.grantId,
-        ...(comment !== undefined ? { comment } : {}),
+      }, (r) => {
+        audit.emit('breakglass.reviewed', {
+          request_id: ctx.requestId,
+          access_request_id: r.id,
+          actor: approver.id,
+          subject: r.subject,
+          resource: r.resource,
+          grant_id: r.grantId,
+          ...(comment !== undefined ? { comment } : {}),
+        })
       })
       return r
     },

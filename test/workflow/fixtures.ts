@@ -132,6 +132,8 @@ export interface HarnessOptions {
   readonly principals?: Principals
   /** Wraps the grant service (to inject faults). */
   readonly wrapGrants?: (g: GrantService) => GrantService
+  /** Wraps the request store (to inject faults). */
+  readonly wrapRequests?: (r: RequestStore) => RequestStore
 }
 
 export async function harness(t: Test, opts: HarnessOptions = {}): Promise<Harness> {
@@ -167,7 +169,7 @@ export async function harness(t: Test, opts: HarnessOptions = {}): Promise<Harne
   const notifications: Notification[] = []
   const notifier: Notifier = { notify: (n) => void notifications.push(n), idle: async () => {}, close: async () => {} }
   const service = createWorkflowService({
-    requests,
+    requests: opts.wrapRequests ? opts.wrapRequests(requests) : requests,
     grantStore,
     grants,
     policy: () => policy,

@@ -5,6 +5,8 @@
  */
 import t, { type Test } from 'tap'
 import { ApiError } from '../../src/control/errors.js'
+import { StoreUnavailableError } from '../../src/grants/types.js'
+import type { AccessRequest, RequestStore } from '../../src/workflow/request-store.js'
 import { localApprover } from '../../src/workflow/auth/approvers.js'
 import { HOUR, MINUTE, approvalPolicy, entitlement, harness, principals, subprocessor, window } from './fixtures.js'
 
@@ -352,4 +354,62 @@ t.test('claim-by window: a grant whose issue failed is issued on a later read on
   // Claimed at its approval, it would have ended by now: missing can mean used up, so never re-issued.
   t.equal((await h.service.grantState(late, ctx)).status, 'expired')
   t.equal((await h.grantStore.get(late.grantId)).status, 'not_found')
+})
+
+t.test('a write the store confirms too late: the caller gets store_unavailable, the change that landed is audited and acted on', async (t) => {
+  // What a hung Redis does: it runs the write when it wakes, after the caller's deadline. Here the
+  // (real) memory store applies it and the answer is lost on the way back.
+  let loseReply = false
+  const h = await harness(t, {
+    wrapRequests: (store) =>
+      Object.assign(Object.create(store) as RequestStore, {
+        create: async (r: AccessRequest) => {
+          await store.create(r)
+          if (loseReply) throw new StoreUnavailableError('redis create: no answer within 250 ms')
+        },
+        update: async (r: AccessRequest) => {
+          const ok = await store.update(r)
+          if (loseReply) throw new StoreUnavailableError('redis update: no answer within 250 ms')
+          return ok
+        },
+      }),
+  })
+  const settle = () => new Promise((r) => setTimeout(r, 50))
+
+  loseReply = true
+  await refused(t, h.service.create('acme', ask, ctx), 'store_unavailable', 'the create is answered 503')
+  await settle()
+  const created = h.events('request.created')
+  t.equal(created.length, 1, 'the create landed: request.created on record')
+  const id = created[0]?.access_request_id as string
+  loseReply = false
+
+  await h.service.approve(id, alice, undefined, ctx)
+  loseReply = true
+  await refused(t, h.service.approve(id, carol, undefined, ctx), 'store_unavailable', 'the final approval is answered 503')
+  loseReply = false
+  await settle()
+  t.match(h.events('request.approval_recorded'), [{ actor: 'alice' }, { actor: 'carol' }])
+  t.match(h.events('request.approved'), [{ access_request_id: id, actor: 'carol' }])
+  const issued = h.events('grant.issued')
+  t.equal(issued.length, 1, 'and the grant was issued, once')
+  t.match(await h.grantStore.get(issued[0]?.grant_id as string), { status: 'active' })
+
+  // A write that never ran (the store refused it outright) leaves nothing to audit.
+  let refuse = false
+  const g = await harness(t, {
+    wrapRequests: (store) =>
+      Object.assign(Object.create(store) as RequestStore, {
+        update: async (r: AccessRequest) => {
+          if (refuse) throw new StoreUnavailableError('redis update: connection refused')
+          return store.update(r)
+        },
+      }),
+  })
+  const pending = await g.service.create('acme', ask, ctx)
+  refuse = true
+  await refused(t, g.service.deny(pending.id, carol, 'no', ctx), 'store_unavailable')
+  await settle()
+  t.equal(g.events('request.denied').length, 0, 'nothing landed, nothing audited')
+  t.match(await g.requests.get(pending.id), { status: 'pending' })
 })
