@@ -317,7 +317,7 @@ t.test('a grant stops working when it expires, and revocation acts on the very n
   const res = await call(`${g.dataUrl}/crm/a`, { token: grant.token })
   t.equal(res.json.error.code, 'grant_revoked')
   t.match(lastAudit(g, 'grant.revoked'), { grant_id: grant.id, actor: 'operator', reason: 'incident 7', subject: 'acme', resource: 'crm-api' })
-  t.equal(await g.revoke(grant.id), 404, 'revoking twice: not found')
+  t.equal(await g.revoke(grant.id), 409, 'revoking twice: grant_already_revoked')
 })
 
 t.test('WebSockets: same checks on upgrade; closed when the grant ends or is revoked', async (t) => {
