@@ -60,6 +60,8 @@ const APPROVER_HELP = `
 interface RequestView {
   readonly id: string
   readonly status: string
+  /** Who decided: an approver, `auto-approval`, `system` (expiry), or the requester (break-glass, cancel). */
+  readonly decided_by?: string
   readonly kind: string
   readonly subject: string
   readonly resource: string
@@ -293,7 +295,12 @@ function describe(r: RequestView): string {
     `${r.id}  ${r.status}${r.kind !== 'access' ? ` (${r.kind})` : ''}  ${r.subject} → ${r.resource} for ${Math.round(r.duration_s / 60)} min`,
     `  scopes: ${r.scopes.join('; ')}`,
     `  reason: ${r.reason}`,
-    `  ${stages.join('; ')}`,
+    // An auto-approved or break-glass request skipped its stages: say so rather than "0/1".
+    r.kind === 'break_glass'
+      ? '  approval: none (break-glass: review after the fact)'
+      : r.decided_by === 'auto-approval'
+        ? '  approval: auto-approved by its entitlement (no stage needed)'
+        : `  ${stages.join('; ')}`,
   ]
   if (r.status === 'pending') lines.push(`  expires: ${r.expires_at}`)
   if (r.grant !== undefined) lines.push(`  grant: ${r.grant.id} ${r.grant.status}${r.grant.expires_at !== undefined ? ` until ${r.grant.expires_at}` : ''}`)

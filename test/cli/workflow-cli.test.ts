@@ -97,3 +97,24 @@ ${principalsYaml(w)}`
   t.equal(byCarol.code, 0, byCarol.stderr)
   t.match(g.audit.findLast((e) => e.event === 'grant.revoked'), { grant_id: g2, actor: '00u-carol', reason: 'offboarded' })
 })
+
+t.test('request status of an auto-approved request says so, not "0/1" per stage', async (t) => {
+  const w = await makeWorld(t)
+  const policy = `
+resources:
+  - id: crm-api
+    upstream: http://127.0.0.1:1
+    match: { path_prefix: /crm }
+    max_ttl: 8h
+${principalsYaml(w, { entitlement: '        auto_approve: { max_duration: 30m, scopes: ["GET /crm/customers/**"] }' })}`
+  const g = await startTestGateway(t, { policy, env: w.env, config: w.config })
+  const keyFile = join(tempDir(t, 'cli-wf-auto'), 'acme.jwk.json')
+  writeFileSync(keyFile, JSON.stringify(w.acme.privateJwk), { mode: 0o600 })
+  const vendor = { PATH: process.env.PATH, JITGATE_CONTROL_URL: g.controlUrl, JITGATE_VENDOR_KEY_FILE: keyFile, JITGATE_SUBPROCESSOR: 'acme' }
+  const created = await cli(['request', 'create', '--resource', 'crm-api', '--scope', 'GET /crm/customers/*', '--duration', '10m', '--reason', 'SUP-8'], vendor)
+  t.equal(created.code, 0, created.stderr)
+  const status = await cli(['request', 'status', created.stdout.trim()], vendor)
+  t.equal(status.code, 0, status.stderr)
+  t.match(status.stdout, 'approval: auto-approved by its entitlement')
+  t.notMatch(status.stdout, '0/1')
+})
