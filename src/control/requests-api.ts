@@ -206,6 +206,14 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi & ApproverG
       await deps.workflow.revokeGrant(grantId, c.kind === 'approver' ? c.approver : c.actor, reason, ctx)
     },
 
+    async list(req, ctx) {
+      const c = await caller(req, ctx, ctx.url.pathname)
+      if (c.kind === 'subprocessor') throw new ApiError('approver_only', ['a sub-processor sees its grants through its requests'])
+      checkReader(c)
+      if (c.kind !== 'approver') throw new ApiError('approver_only')
+      return deps.workflow.grantsFor(c.approver)
+    },
+
     async handle(req, res, ctx) {
       const path = ctx.url.pathname
       if (path !== '/v1/requests' && !path.startsWith('/v1/requests/')) return false

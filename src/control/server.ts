@@ -45,6 +45,8 @@ export interface ControlPlaneDeps {
 export interface ApproverGrantActions {
   /** Authenticates the caller, then revokes the grant as that approver; refusals are ApiErrors. */
   revoke(req: IncomingMessage, ctx: MountContext, grantId: string, reason: () => Promise<string>): Promise<void>
+  /** Authenticates the caller, then lists the active grants that approver may revoke. */
+  list(req: IncomingMessage, ctx: MountContext): Promise<Grant[]>
 }
 
 /** What a mounted API gets from the control plane for each call. */
@@ -136,6 +138,10 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     }
     if (deps.requestsApi && (await deps.requestsApi.handle(req, res, { requestId, url, operator: operatorOf }))) return
     if (path === '/v1/grants') {
+      if (method === 'GET' && deps.approverGrants !== undefined && isApproverCall(req)) {
+        const grants = await deps.approverGrants.list(req, { requestId, url, operator: operatorOf })
+        return sendJson(res, 200, { grants: grants.map(grantView) }, { 'x-request-id': requestId })
+      }
       const actor = guard(req, requestId, path)
       if (method === 'POST') return issueGrant(req, res, actor, requestId)
       if (method === 'GET') return listGrants(res)

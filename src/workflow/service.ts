@@ -123,6 +123,8 @@ export interface WorkflowService {
    * approve such a grant may end it, whether it came from a request or from an operator.
    */
   revokeGrant(grantId: string, by: Approver | string, reason: string, ctx: CallContext): Promise<void>
+  /** The active grants this approver may revoke (the ones `revokeGrant` would let it end). */
+  grantsFor(approver: Approver): Promise<Grant[]>
   /** Asks to move the expiry of the grant of approved request `id`: a new request of kind `extension`. */
   extend(id: string, subject: string, input: ExtendRequestInput, ctx: CallContext): Promise<AccessRequest>
   /** Closes the after-the-fact review of a break-glass request. */
@@ -683,6 +685,13 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
         }
       }
       await deps.grants.revoke(grantId, typeof by === 'string' ? by : by.id, reason, ctx.requestId)
+    },
+
+    async grantsFor(approver) {
+      const all = await stored(() => deps.grantStore.list())
+      const mine: Grant[] = []
+      for (const g of all) if (!isRequester(approver, g.subject) && (await mayRevokeGrant(approver, g))) mine.push(g)
+      return mine
     },
 
     async extend(id, subject, input, ctx) {

@@ -268,6 +268,15 @@ t.test('approvers revoke through DELETE /v1/grants/{id}: who may, with a reason,
   }
 
   const first = await approved()
+  // Approvers list the grants they may end: the console's view of live access.
+  const listed = await api(u, 'GET', '/v1/grants', { bearer: await w.idToken('00u-carol') })
+  t.equal(listed.status, 200)
+  t.match(listed.json, { grants: [{ id: first.grantId, subject: 'acme', resource: 'crm-api' }] }, 'an approver of its stages sees the grant')
+  const outsider = await api(u, 'GET', '/v1/grants', { bearer: await w.idToken('00u-mallory', { groups: ['everyone'] }) })
+  t.match(outsider, { status: 403, json: { error: { code: 'not_an_approver' } } }, 'a signed-in non-approver sees nothing')
+  const requester = await api(u, 'GET', '/v1/grants', { bearer: await w.idToken('acme') })
+  t.notOk(JSON.stringify(requester.json).includes(first.grantId), 'never its own grant as an approver')
+  t.match(await api(u, 'GET', '/v1/grants', { bearer: await w.acme.assertion() }), { status: 403, json: { error: { code: 'approver_only' } } })
   t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol') }), { status: 400, json: { error: { code: 'invalid_request' } } }, 'a reason is required')
   t.match(await revokeGrant(u, first.grantId, { bearer: await w.idToken('00u-carol', { amr: ['pwd'] }) }, { reason: 'x' }), { status: 403, json: { error: { code: 'mfa_required' } } })
   t.match(
