@@ -233,7 +233,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     }
     const requestId = randomUUID()
     const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
-    writeDenyToSocket(socket, code, requestId)
+    // A pipelined request refused while an earlier one's response is still pending or streaming:
+    // bytes written now would land inside that response, so the connection is cut instead.
+    if ((socket as Duplex & { _httpMessage?: unknown })._httpMessage != null) socket.destroy()
+    else writeDenyToSocket(socket, code, requestId)
     countRequest('', 'deny', code)
     const { method, path } = requestLineOf(err.rawPacket)
     audit.emit('access.denied', {

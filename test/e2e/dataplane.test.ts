@@ -252,10 +252,20 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
     t.match(ev, { code: c.code, status, method: c.method, path: c.path, client_ip: '127.0.0.1', protocol: 'http' }, `${c.name}: audit`)
   }
   t.equal(upstream.received.length, before, 'nothing was forwarded')
+
+  // Pipelined behind a good request whose response is still pending: the refusal must not be
+  // written into the middle of that response; the connection is cut, and the refusal audited.
+  const pipelined = await rawExchange(
+    g.dataUrl,
+    `GET /crm/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\n\r\nGET /crm/x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n`,
+  )
+  t.notMatch(pipelined, /HTTP\/1\.1 400/, 'no refusal bytes on a connection with a response in progress')
+  t.ok(pipelined === '' || pipelined.startsWith('HTTP/1.1 200'), 'at most the first response')
+  await g.waitForEvent((e) => e.event === 'access.denied' && e.code === 'malformed_request' && e.path === '/crm/x')
   t.notOk(g.auditText().includes(grant.token), 'no token in the audit, even from a refused request line')
   const metrics = (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
-  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 2/)
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 3/)
 })
 
 t.test('upstream failures after an allowed decision: 502 and 504, coded', async (t) => {
