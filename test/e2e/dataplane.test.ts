@@ -149,6 +149,8 @@ t.test('a copy of the JIT token in the query string is not forwarded', async (t)
     [`?access_token=${grant.token}`, ''],
     [`?token=${grant.token}&jwt=${grant.token}`, ''],
     ['?a=1', '?a=1'],
+    [`?a=1&access_token=${grant.token.replaceAll('.', '%2E')}`, '?a=1'],
+    [`?access_token=${encodeURIComponent(grant.token).replace(/[A-Za-z]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)}&b=%E0%A4%A`, '?b=%E0%A4%A'],
   ]
   for (const [query, forwarded] of cases) {
     const res = await call(`${g.dataUrl}/crm/x${query}`, { token: grant.token })
