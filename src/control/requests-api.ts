@@ -26,6 +26,7 @@ import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../wor
 import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
 import { bodyError, claimView, collect, durationField, readJson, stringField, type ApproverGrantActions, type MountContext, type MountedApi } from './server.js'
 import { isBareNumber } from '../util/duration.js'
+import { clientAddress } from '../util/client-address.js'
 
 export interface RequestsApiDeps {
   readonly workflow: WorkflowService
@@ -67,7 +68,7 @@ export function createRequestsApi(deps: RequestsApiDeps): MountedApi & ApproverG
           path: bounded(path),
           status: API_ERRORS[err.code].status,
           code: err.code,
-          client_ip: req.socket.remoteAddress ?? '',
+          client_ip: clientAddress(req),
           // Whose second factor is being tried: the SIEM alerts on repeated failures per approver.
           ...(typeof claimed === 'string' ? { actor: `approver:${bounded(claimed.trim().slice(0, 64))}` } : {}),
         })

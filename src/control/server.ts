@@ -17,6 +17,7 @@ import { isBareNumber, noUnitMessage, parseDuration } from '../util/duration.js'
 import { ID_PATTERN } from '../policy/schema.js'
 import { duplicateKey } from '../util/json-keys.js'
 import { serveConsole } from '../console/site.js'
+import { clientAddress } from '../util/client-address.js'
 
 export interface ControlPlaneDeps {
   readonly store: GrantStore
@@ -190,7 +191,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
         path: bounded(path),
         status: 401,
         code: 'unauthorized',
-        client_ip: req.socket.remoteAddress ?? '',
+        client_ip: clientAddress(req),
       })
       if (err instanceof ApiError) auditedRefusals.add(err)
       throw err
@@ -269,6 +270,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
 
   return createServer((req, res) => {
     const requestId = randomUUID()
+    const clientIp = clientAddress(req)
     route(req, res, requestId).catch((err: unknown) => {
       if (err instanceof ApiError) {
         // Every refused call is on record for the SIEM, with its code (a self-approval, a missing
@@ -281,7 +283,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
             path: bounded((req.url ?? '').split('?', 1)[0] as string),
             status,
             code: err.code,
-            client_ip: req.socket.remoteAddress ?? '',
+            client_ip: clientIp,
             ...(err.details?.[0] !== undefined ? { detail: bounded(err.details[0]) } : {}),
           })
         }

@@ -17,6 +17,7 @@ import { bounded, type AuditLog } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
 import { writeDeny, writeDenyToSocket } from './respond.js'
 import type { ConnectionRegistry } from './connections.js'
+import { clientAddress } from '../util/client-address.js'
 
 export interface DataPlaneDeps {
   readonly decider: Decider
@@ -63,7 +64,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       })
   }
 
-  function recordDeny(req: IncomingMessage, d: Deny, requestId: string, started: number, protocol: 'http' | 'websocket'): void {
+  function recordDeny(req: IncomingMessage, clientIp: string, d: Deny, requestId: string, started: number, protocol: 'http' | 'websocket'): void {
     countRequest(d.resource?.id ?? '', 'deny', d.code)
     audit.emit('access.denied', {
       request_id: requestId,
@@ -76,14 +77,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       status: DENY_CODES[d.code].status,
       code: d.code,
       detail: d.detail,
-      client_ip: req.socket.remoteAddress ?? '',
+      client_ip: clientIp,
       duration_ms: elapsed(started),
       protocol,
     })
   }
 
   /** The first use of a grant with a claim-by window started its clock (decided once, across replicas). */
-  function recordClaim(req: IncomingMessage, d: Decision & { allow: true }, requestId: string): void {
+  function recordClaim(clientIp: string, d: Decision & { allow: true }, requestId: string): void {
     const claimedAt = d.grant.claim?.claimedAt
     if (d.claimed !== true || claimedAt === undefined) return
     audit.emit('grant.claimed', {
@@ -94,17 +95,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       resource: d.resource.id,
       claimed_at: new Date(claimedAt).toISOString(),
       expires_at: new Date(d.grant.expiresAt).toISOString(),
-      client_ip: req.socket.remoteAddress ?? '',
+      client_ip: clientIp,
     })
   }
 
-  function targetFor(req: IncomingMessage, d: Decision & { allow: true }, requestId: string, upgrade: boolean): ForwardTarget {
+  function targetFor(req: IncomingMessage, clientIp: string, d: Decision & { allow: true }, requestId: string, upgrade: boolean): ForwardTarget {
     return {
       origin: d.resource.origin,
       path: upstreamPath(d.resource, d.path) + d.query,
       timeoutMs: d.resource.timeoutMs ?? deps.upstreamTimeoutMs,
       headers: buildUpstreamHeaders(req, {
-        clientIp: req.socket.remoteAddress ?? '',
+        clientIp,
         proto: deps.publicProto,
         host: req.headers.host ?? '',
         requestId,
@@ -119,17 +120,18 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now()
     const requestId = randomUUID()
+    const clientIp = clientAddress(req)
     const d = await decideSafely(req, false)
     observeDecision(d.allow ? 'allow' : 'deny', started)
     if (!d.allow) {
       if (!res.headersSent && !res.destroyed) writeDeny(res, d.code, requestId)
-      recordDeny(req, d, requestId, started, 'http')
+      recordDeny(req, clientIp, d, requestId, started, 'http')
       return
     }
-    recordClaim(req, d, requestId)
+    recordClaim(clientIp, d, requestId)
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
-    const outcome = await forwarder.forward(req, res, targetFor(req, d, requestId, false))
+    const outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false))
     metrics.upstreamSeconds.observe(d.resource.id, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
     let status: number
@@ -150,7 +152,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       path: d.path,
       status,
       ...(code !== 'ok' ? { code, detail: outcome.ok ? '' : bounded(outcome.detail) } : {}),
-      client_ip: req.socket.remoteAddress ?? '',
+      client_ip: clientIp,
       duration_ms: elapsed(started),
       upstream_ms: round(outcome.upstreamMs),
       protocol: 'http',
@@ -160,22 +162,23 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const started = performance.now()
     const requestId = randomUUID()
+    const clientIp = clientAddress(req)
     socket.on('error', () => socket.destroy())
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
       const d: Deny = { allow: false, code: 'upgrade_not_supported', detail: `upgrade ${bounded(req.headers.upgrade ?? '')}` }
       writeDenyToSocket(socket, d.code, requestId)
-      recordDeny(req, d, requestId, started, 'websocket')
+      recordDeny(req, clientIp, d, requestId, started, 'websocket')
       return
     }
     const d = await decideSafely(req, true)
     observeDecision(d.allow ? 'allow' : 'deny', started)
     if (!d.allow) {
       writeDenyToSocket(socket, d.code, requestId)
-      recordDeny(req, d, requestId, started, 'websocket')
+      recordDeny(req, clientIp, d, requestId, started, 'websocket')
       return
     }
-    recordClaim(req, d, requestId)
-    const result = await forwarder.upgrade(req, socket, head, targetFor(req, d, requestId, true))
+    recordClaim(clientIp, d, requestId)
+    const result = await forwarder.upgrade(req, socket, head, targetFor(req, clientIp, d, requestId, true))
     const base = {
       request_id: requestId,
       subject: d.grant.subject,
@@ -183,7 +186,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       resource: d.resource.id,
       method: bounded(req.method ?? ''),
       path: d.path,
-      client_ip: req.socket.remoteAddress ?? '',
+      client_ip: clientIp,
       protocol: 'websocket' as const,
     }
     if (!result.ok) {

@@ -141,6 +141,51 @@ t.test('an in-scope call is forwarded with credentials injected and the token st
   t.notOk(g.auditText().includes(SECRET) || g.auditText().includes(API_KEY), 'no injected secret in the audit trail')
 })
 
+t.test('requests with a body (sized, chunked, 100-continue, trailers) are forwarded whole and each audited', async (t) => {
+  // The finding: an allowed request with a body wrote no access.allowed line at all, because the
+  // client socket was gone from the request by the time the audit event was built.
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['POST /crm/tickets/**'], ttl: '10m' })
+  const auth = `Authorization: Bearer ${grant.token}\r\n`
+  const cases: { name: string; path: string; bytes?: string; body: string }[] = [
+    { name: 'sized body (undici client)', path: '/crm/tickets/sized', body: '{"subject":"printer on fire"}' },
+    {
+      name: 'chunked body',
+      path: '/crm/tickets/chunked',
+      bytes: `POST /crm/tickets/chunked HTTP/1.1\r\nHost: a\r\n${auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n`,
+      body: 'hello world',
+    },
+    {
+      name: 'Expect: 100-continue',
+      path: '/crm/tickets/continue',
+      bytes: `POST /crm/tickets/continue HTTP/1.1\r\nHost: a\r\n${auth}Expect: 100-continue\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody`,
+      body: 'body',
+    },
+    {
+      name: 'chunked with trailers',
+      path: '/crm/tickets/trailers',
+      bytes: `POST /crm/tickets/trailers HTTP/1.1\r\nHost: a\r\n${auth}Transfer-Encoding: chunked\r\nTrailer: X-Sum\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n`,
+      body: 'abc',
+    },
+  ]
+  for (const c of cases) {
+    let requestId: string
+    if (c.bytes === undefined) {
+      const res = await call(`${g.dataUrl}${c.path}`, { method: 'POST', token: grant.token, headers: { 'content-type': 'application/json' }, body: c.body })
+      t.equal(res.status, 200, `${c.name}: 200`)
+      requestId = res.headers['x-request-id'] as string
+    } else {
+      const text = await rawExchange(g.dataUrl, c.bytes)
+      t.match(text, /HTTP\/1\.1 200 /, `${c.name}: 200`)
+      requestId = /x-request-id: ([0-9a-f-]+)/i.exec(text)?.[1] ?? ''
+    }
+    t.equal(upstream.received.find((r) => r.url === c.path)?.body, c.body, `${c.name}: the upstream got the whole body`)
+    const ev = await g.waitForEvent((e) => e.event === 'access.allowed' && e.request_id === requestId, 3000)
+    t.match(ev, { method: 'POST', path: c.path, status: 200, client_ip: '127.0.0.1', grant_id: grant.id }, `${c.name}: audited`)
+  }
+  t.notOk(g.auditText().includes(grant.token), 'no token in the audit trail')
+})
+
 t.test('a copy of the JIT token in the query string is not forwarded', async (t) => {
   const { upstream, g } = await setup(t)
   const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
