@@ -5,6 +5,7 @@
  */
 
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http'
+import { cgiHeaderName } from '../util/header-name.js'
 
 /** What the gateway knows about an allowed request that the upstream must be told. */
 export interface UpstreamHeaderContext {
@@ -73,17 +74,32 @@ function isStrippedFromRequest(name: string): boolean {
   return REQUEST_STRIPPED.has(name) || name.startsWith('x-forwarded-') || name.startsWith('x-jit-')
 }
 
+const NOT_PLAIN = /[^a-z0-9-]/
+
 /**
- * CGI, WSGI, Rack and PHP read `X_Jit_Subject` and `X-Jit-Subject` as the same variable
- * (`HTTP_X_JIT_SUBJECT`) and often merge the two: a name with `_` is judged by its `-` spelling,
- * so no variant of a header the gateway strips or sets can reach the upstream beside its own.
+ * The CGI spellings of a resource's injected credential names, computed once per resource (the
+ * list is the policy's own, frozen with it).
  */
-function isStrippedUnderscoreVariant(name: string, inject: UpstreamHeaderContext['inject']): boolean {
-  const dashed = name.replaceAll('_', '-')
-  if (isStrippedFromRequest(dashed) || dashed === 'host') return true
-  for (const [injected] of inject) if (injected === dashed) return true
-  return false
+const injectedSpellings = new WeakMap<UpstreamHeaderContext['inject'], ReadonlySet<string>>()
+function injectedNames(inject: UpstreamHeaderContext['inject']): ReadonlySet<string> {
+  let names = injectedSpellings.get(inject)
+  if (names === undefined) {
+    names = new Set(inject.map(([name]) => cgiHeaderName(name)))
+    injectedSpellings.set(inject, names)
+  }
+  return names
 }
+
+/**
+ * A client header the upstream could take for one the gateway strips or sets: judged by its CGI
+ * spelling, so no variant of such a header reaches the upstream beside the gateway's own.
+ */
+function isStrippedVariant(name: string, injected: ReadonlySet<string>): boolean {
+  const plain = cgiHeaderName(name)
+  return isStrippedFromRequest(plain) || plain === 'host' || injected.has(plain)
+}
+
+const NONE: ReadonlySet<string> = new Set()
 
 function isHopByHop(name: string): boolean {
   return HOP_BY_HOP.has(name)
@@ -128,9 +144,15 @@ export function buildUpstreamHeaders(req: IncomingMessage, ctx: UpstreamHeaderCo
   const declaredHopByHop = connectionOptions(src.connection, isStrippedFromRequest)
   const out: OutgoingHttpHeaders = {}
 
+  const injected = ctx.inject.length === 0 ? undefined : injectedNames(ctx.inject)
   for (const name of Object.keys(src)) {
     if (isStrippedFromRequest(name) || declaredHopByHop?.has(name) === true) continue
-    if (name.includes('_') && isStrippedUnderscoreVariant(name, ctx.inject)) continue
+    if (NOT_PLAIN.test(name)) {
+      if (isStrippedVariant(name, injected ?? NONE)) continue
+    } else if (injected?.has(name) === true) {
+      // A credential configured as `X_Upstream_Token`: the client's `X-Upstream-Token` is its twin.
+      continue
+    }
     out[name] = src[name]
   }
 

@@ -26,6 +26,7 @@ import { compileRoutes } from './routes.js'
 import { normalizePath } from './path.js'
 import { compilePrincipals, declaredIds, type DeclaredResource } from './compile-principals.js'
 import type { Entitlement, Principals } from './principals.js'
+import { cgiHeaderName } from '../util/header-name.js'
 
 /** A protected upstream, compiled for the hot path. */
 export interface Resource {
@@ -281,9 +282,11 @@ function compileResource(
   const seenHeaders = new Set<string>()
   ;(spec.credentials ?? []).forEach((cred, i) => {
     const name = cred.header.toLowerCase()
-    if (seenHeaders.has(name)) fail(['credentials', i, 'header'], `header ${cred.header} is injected twice`)
-    seenHeaders.add(name)
-    if (RESERVED_HEADERS.has(name) || name.startsWith('x-forwarded-') || name.startsWith('x-jit-')) {
+    // Judged by the spelling upstream servers read (`X_Api_Key` is `X-Api-Key` to CGI and WSGI).
+    const spelling = cgiHeaderName(name)
+    if (seenHeaders.has(spelling)) fail(['credentials', i, 'header'], `header ${cred.header} is injected twice (names differing only in "-", "_" or "." are one header upstream)`)
+    seenHeaders.add(spelling)
+    if (RESERVED_HEADERS.has(spelling) || spelling.startsWith('x-forwarded-') || spelling.startsWith('x-jit-')) {
       fail(['credentials', i, 'header'], `header ${cred.header} is set by the gateway and cannot be injected`)
     }
     if ((cred.env === undefined) === (cred.file === undefined)) {

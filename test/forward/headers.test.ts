@@ -183,6 +183,33 @@ t.test('underscore spellings of the gateway’s headers are dropped too (CGI/WSG
   t.equal(h['x-api-key'], 'secret-key')
 })
 
+t.test('other spellings CGI servers merge (`.`, `~`, `!`) are judged the same way', async (t) => {
+  const h = await upstreamHeadersFor([
+    'GET /x HTTP/1.1',
+    'Host: gw.example.com',
+    'X.Jit.Subject: admin',
+    'X~Forwarded~For: 6.6.6.6',
+    'X.API.Key: forged',
+    'X!Custom.Header: kept',
+  ])
+  t.same(
+    Object.keys(h).sort(),
+    ['host', 'x!custom.header', 'x-api-key', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto', 'x-jit-grant', 'x-jit-subject', 'x-request-id'],
+  )
+  t.equal(h['x-jit-subject'], 'acme')
+  t.equal(h.host, '127.0.0.1:9001')
+})
+
+t.test('a credential configured with `_` in its name: every client spelling of it is dropped', async (t) => {
+  // The exact input of a finding: `header: X_Upstream_Token` let the client's `X-Upstream-Token` through.
+  const h = await upstreamHeadersFor(
+    ['GET /x HTTP/1.1', 'Host: gw.example.com', 'X-Upstream-Token: forged', 'X.Upstream.Token: forged', 'x_upstream_token: forged'],
+    { ...ctx, inject: [['x_upstream_token', 'real-secret']] },
+  )
+  t.same(Object.keys(h).filter((n) => n.includes('upstream')), ['x_upstream_token'])
+  t.equal(h.x_upstream_token, 'real-secret')
+})
+
 t.test('headers that reroute or redispatch a request behind the scope check are dropped', async (t) => {
   const h = await upstreamHeadersFor([
     'GET /x HTTP/1.1',

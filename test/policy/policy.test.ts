@@ -96,6 +96,25 @@ t.test('semantic errors across files: duplicate ids, route conflicts, credential
   )
 })
 
+t.test('credential names are judged by the spelling upstream servers read', async (t) => {
+  const a = `resources:
+  - id: one
+    upstream: http://127.0.0.1:1
+    match: { path_prefix: /x }
+    max_ttl: 1h
+    credentials:
+      - { header: X_Forwarded_For, env: SOME }
+      - { header: X-Api-Key, env: SOME }
+      - { header: X_Api.Key, env: SOME }
+      - { header: X_Jit_Subject, env: SOME }
+`
+  t.same(errors({ 'a.yaml': a }, { SOME: 'v' }), [
+    'a.yaml:7:11 resources[0].credentials[0].header: header X_Forwarded_For is set by the gateway and cannot be injected',
+    'a.yaml:9:11 resources[0].credentials[2].header: header X_Api.Key is injected twice (names differing only in "-", "_" or "." are one header upstream)',
+    'a.yaml:10:11 resources[0].credentials[3].header: header X_Jit_Subject is set by the gateway and cannot be injected',
+  ])
+})
+
 t.test('route conflicts are reported with the other resources\' errors, at their position', async (t) => {
   const text = [
     'resources:',
