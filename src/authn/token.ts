@@ -153,6 +153,23 @@ function mapJoseError(err: unknown): VerifyResult {
 }
 
 /**
+ * The request's one `Authorization` value, `undefined` without one, or `null` when it carries
+ * several: read from the raw lines, since Node keeps only the first (an empty first line would hide
+ * a credential behind it). Several are ambiguous, and every caller refuses them.
+ */
+export function authorizationOf(rawHeaders: readonly string[]): string | undefined | null {
+  let value: string | undefined
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string
+    if (name.length === 13 && name.toLowerCase() === 'authorization') {
+      if (value !== undefined) return null
+      value = rawHeaders[i + 1] as string
+    }
+  }
+  return value
+}
+
+/**
  * Extracts the bearer token from the request's raw headers (RFC 6750 §2.1). Only the
  * Authorization header is accepted: query-string and form tokens leak into logs and caches.
  * Node keeps only the first of duplicate Authorization headers, so the raw list is read to
@@ -161,14 +178,8 @@ function mapJoseError(err: unknown): VerifyResult {
 export function extractBearer(
   rawHeaders: readonly string[],
 ): { ok: true; token: string } | { ok: false; code: 'token_missing' | 'token_malformed' } {
-  let value: string | undefined
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    const name = rawHeaders[i] as string
-    if (name.length === 13 && name.toLowerCase() === 'authorization') {
-      if (value !== undefined) return { ok: false, code: 'token_malformed' }
-      value = rawHeaders[i + 1] as string
-    }
-  }
+  const value = authorizationOf(rawHeaders)
+  if (value === null) return { ok: false, code: 'token_malformed' }
   if (value === undefined || value.trim() === '') return { ok: false, code: 'token_missing' }
   const m = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i.exec(value)
   if (!m) return { ok: false, code: 'token_malformed' }
@@ -176,33 +187,49 @@ export function extractBearer(
 }
 
 /**
- * The query string (`?…`, or `''`) without any parameter that carries `token`, as is or
- * percent-encoded. The gateway never reads a token from the query, but a client that also put its
- * JIT token there must not leak it to the upstream (and its access logs). The common case (no
- * token in the query) costs one substring search, two with a `%` in the query.
+ * The query string (`?…`, or `''`) without any parameter that carries the token's signature, as
+ * is or percent-encoded (once or more). The gateway never reads a token from the query, but a
+ * client that also put its JIT token there must not leak it to the upstream (and its access logs).
+ * The signature is the part that makes a token usable, so a parameter holding it alone is dropped
+ * too. Parameters are split on `&` and, inside one that carries it, on `;` (which some servers
+ * read as a separator), so `a=1;access_token=T;b=2` keeps `a=1;b=2`. The common case (no token in
+ * the query) costs one substring search, and a decoding pass when the query holds a `%`.
  */
 export function queryWithoutToken(query: string, token: string): string {
-  if (query === '' || !carries(query, token)) return query
-  const kept = query
-    .slice(1)
-    .split('&')
-    .filter((param) => !carries(param, token))
+  if (query === '') return query
+  const secret = token.slice(token.lastIndexOf('.') + 1)
+  // An unsigned or odd token: match the whole of it rather than nothing.
+  const needle = secret.length >= 16 ? secret : token
+  if (!carries(query, needle)) return query
+  const kept: string[] = []
+  for (const param of query.slice(1).split('&')) {
+    if (!carries(param, needle)) {
+      kept.push(param)
+      continue
+    }
+    const parts = param.split(';').filter((part) => !carries(part, needle))
+    if (parts.length > 0) kept.push(parts.join(';'))
+  }
   return kept.length === 0 ? '' : `?${kept.join('&')}`
 }
 
-function carries(text: string, token: string): boolean {
-  if (text.includes(token)) return true
-  if (!text.includes('%')) return false
-  try {
-    return decodeURIComponent(text).includes(token)
-  } catch {
-    // Malformed escapes: judge what decodes, piece by piece.
-    return text.split('&').some((part) => {
-      try {
-        return decodeURIComponent(part).includes(token)
-      } catch {
-        return false
-      }
-    })
+/** Decoding rounds tried: `%252E` is `.` encoded twice; a third layer is no client's accident. */
+const MAX_DECODINGS = 3
+
+function carries(text: string, needle: string): boolean {
+  if (text.includes(needle)) return true
+  let current = text
+  for (let round = 0; round < MAX_DECODINGS && current.includes('%'); round++) {
+    const decoded = current.replace(PERCENT_ESCAPE, decodeEscape)
+    if (decoded === current) return false
+    if (decoded.includes(needle)) return true
+    current = decoded
   }
+  return false
+}
+
+// Byte by byte, never throwing on a malformed or partial UTF-8 sequence: the needle is ASCII.
+const PERCENT_ESCAPE = /%([0-9A-Fa-f]{2})/g
+function decodeEscape(_: string, hex: string): string {
+  return String.fromCharCode(parseInt(hex, 16))
 }

@@ -18,6 +18,7 @@ import { ID_PATTERN } from '../policy/schema.js'
 import { duplicateKey } from '../util/json-keys.js'
 import { serveConsole } from '../console/site.js'
 import { clientAddress } from '../util/client-address.js'
+import { authorizationOf } from '../authn/token.js'
 
 export interface ControlPlaneDeps {
   readonly store: GrantStore
@@ -80,7 +81,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
       if (!hasCredential(req)) return 'local-operator'
       throw new ApiError('unauthorized', ['no operator token is configured: operator calls carry no Authorization header, and this credential is not an operator’s'])
     }
-    const m = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')
+    const m = /^Bearer +(\S+) *$/i.exec(authorizationOf(req.rawHeaders) ?? '')
     if (!m || !timingSafeEqual(sha256(m[1] as string), adminDigest)) throw new ApiError('unauthorized')
     const who = req.headers['x-jitgate-actor']
     // The token says "an operator"; the optional header names which one, for the audit trail.
@@ -108,7 +109,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
    */
   function isApproverCall(req: IncomingMessage): boolean {
     if (req.headers['x-jitgate-approver'] !== undefined) return true
-    return operatorOf(req) === undefined && COMPACT_JWT.test(req.headers.authorization ?? '')
+    return operatorOf(req) === undefined && COMPACT_JWT.test(authorizationOf(req.rawHeaders) ?? '')
   }
 
   async function route(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
@@ -412,8 +413,10 @@ export function durationField(body: Record<string, unknown>, name: string): numb
 }
 
 /** An Authorization header with something in it (an empty one is no credential). */
+/** A credential, or several Authorization lines (an empty first one must not hide the next). */
 function hasCredential(req: IncomingMessage): boolean {
-  return (req.headers.authorization ?? '').trim() !== ''
+  const value = authorizationOf(req.rawHeaders)
+  return value === null || (value !== undefined && value.trim() !== '')
 }
 
 function sha256(s: string): Buffer {

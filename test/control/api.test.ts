@@ -144,6 +144,9 @@ t.test('without an admin token the API refuses a non-loopback listener', async (
   t.equal(refused.status, 401)
   t.equal(refused.json.error.code, 'unauthorized')
   t.equal((await call(`${g.controlUrl}/v1/grants`, { headers: { authorization: `Bearer ${vendorLike}` } })).status, 401, 'nor list grants')
+  // The exact input of a finding: an empty Authorization line first hid the credential behind it.
+  const hidden = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['* /crm/**'], ttl: '1h' }, { authorization: ['', `Bearer ${vendorLike}`] as never })
+  t.equal(hidden.status, 401, 'a second Authorization line counts as a credential')
   t.equal(g.audit.filter((e) => e.event === 'grant.issued').length, 1)
 })
 
