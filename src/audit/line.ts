@@ -22,8 +22,24 @@ export function bounded(value: string): string {
 }
 
 /**
- * Copies event fields into `into`, bounding every string (also inside lists and maps) and
- * leaving out undefined values.
+ * A compact JWS inside a string: `eyJ` (base64url of `{"`, its first letter possibly
+ * percent-encoded) and the segments after it, their dots as is or percent-encoded once or more.
+ * Client-controlled values (a path, a reason, a refused request line) can carry a token pasted by
+ * mistake or on purpose; the trail never does. Signatures and hashes the gateway writes have no
+ * dot, so they never match.
+ */
+const TOKEN_LIKE = /(?:e|%(?:25)*65)yJ[A-Za-z0-9_-]*(?:\.|%(?:25)*2[Ee])[A-Za-z0-9_.%-]*/g
+/** What replaces a token found in an event field. */
+export const REDACTED_TOKEN = '[redacted-token]'
+
+/** The string with anything shaped like a JWT replaced by {@link REDACTED_TOKEN}. */
+export function withoutTokens(value: string): string {
+  return value.includes('yJ') ? value.replace(TOKEN_LIKE, REDACTED_TOKEN) : value
+}
+
+/**
+ * Copies event fields into `into`, bounding every string (also inside lists and maps), redacting
+ * anything token-like and leaving out undefined values.
  */
 export function copyBounded(fields: object, into: Record<string, unknown>): void {
   for (const key in fields) {
@@ -33,22 +49,22 @@ export function copyBounded(fields: object, into: Record<string, unknown>): void
 }
 
 /**
- * True when copyBounded would copy the fields unchanged: every value a string within the bound, a
- * number, a boolean or null. Such fields (those of every request's event) are spread as they are,
+ * True when copyBounded would copy the fields unchanged: every value a string within the bound
+ * (and nothing token-like in it), a number, a boolean or null. Such fields (those of every request's event) are spread as they are,
  * which is cheaper than copying them key by key.
  */
 export function isFlatAndBounded(fields: object): boolean {
   for (const key in fields) {
     const value = (fields as Record<string, unknown>)[key]
     if (typeof value === 'string') {
-      if (value.length > MAX_FIELD_LENGTH) return false
+      if (value.length > MAX_FIELD_LENGTH || value.includes('yJ')) return false
     } else if (value === undefined || (value !== null && typeof value === 'object')) return false
   }
   return true
 }
 
 function boundValue(value: unknown): unknown {
-  if (typeof value === 'string') return bounded(value)
+  if (typeof value === 'string') return bounded(withoutTokens(value))
   if (Array.isArray(value)) {
     const list = value.length > MAX_LIST_LENGTH ? [...value.slice(0, MAX_LIST_LENGTH), TRUNCATION_MARK] : value
     return list.map(boundValue)

@@ -4,6 +4,7 @@
  * WebSocket upgrades pass the same decision and are then tracked until their grant ends.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { randomUUID } from 'node:crypto'
 import type { Logger } from 'pino'
@@ -72,8 +73,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       ...(d.grantId !== undefined ? { grant_id: d.grantId } : {}),
       ...(d.resource ? { resource: d.resource.id } : {}),
       method: bounded(req.method ?? ''),
-      // Never the query string: it can carry credentials (`?access_token=`) and takes no part in a decision.
-      path: d.path ?? bounded((req.url ?? '').split('?', 1)[0] as string),
+      path: d.path ?? bounded(pathOfTarget(req.url ?? '')),
       status: DENY_CODES[d.code].status,
       code: d.code,
       detail: d.detail,
@@ -230,29 +230,42 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // Malformed HTTP never reaches the pipeline: it is denied here, coded and audited like any
     // other denial, where the socket can still be answered.
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+    const conn = socket as Socket & { _httpMessage?: unknown }
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
       // The client never finished its headers (headersTimeout): a stalled connection, not a request.
+      if (conn._httpMessage != null) return void socket.destroy()
       return void socket.end('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
     }
     const requestId = randomUUID()
     const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
-    // A pipelined request refused while an earlier one's response is still pending or streaming:
-    // bytes written now would land inside that response, so the connection is cut instead.
-    if ((socket as Duplex & { _httpMessage?: unknown })._httpMessage != null) socket.destroy()
-    else writeDenyToSocket(socket, code, requestId)
+    // Words go only to a connection nothing has been answered on and no response is pending for.
+    // Otherwise the refusal would land inside an earlier response, or after it as an answer nobody
+    // asked for (bad chunk bytes in the body of a request already answered): the connection is cut.
+    // The packet then may start with an earlier, valid request, so its line is not this one's.
+    const untouched = conn._httpMessage == null && conn.bytesWritten === 0
+    if (untouched) writeDenyToSocket(socket, code, requestId)
+    else socket.destroy()
     countRequest('', 'deny', code)
-    const { method, path } = requestLineOf(err.rawPacket)
+    const { method, path } = untouched ? requestLineOf(err.rawPacket) : NO_REQUEST_LINE
     audit.emit('access.denied', {
       request_id: requestId,
       method,
       path,
       status: DENY_CODES[code].status,
       code,
-      detail: bounded(err.code ?? 'parse error'),
-      client_ip: (socket as Duplex & { remoteAddress?: string }).remoteAddress ?? '',
+      detail: untouched ? bounded(err.code ?? 'parse error') : `${bounded(err.code ?? 'parse error')}: connection cut, an earlier request on it was answered or in progress`,
+      client_ip: conn.remoteAddress ?? '',
       duration_ms: 0,
       protocol: 'http',
     })
+  })
+  server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+    // CONNECT asks for a tunnel to any host: a forward proxy's job, never this gateway's.
+    const requestId = randomUUID()
+    socket.on('error', () => socket.destroy())
+    const d: Deny = { allow: false, code: 'connect_not_supported', detail: 'CONNECT' }
+    writeDenyToSocket(socket, d.code, requestId)
+    recordDeny(req, clientAddress(req), d, requestId, performance.now(), 'http')
   })
   return {
     server,
@@ -270,15 +283,34 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   }
 }
 
+const NO_REQUEST_LINE = Object.freeze({ method: '', path: '' })
+
 /**
- * Method and path (cut before `?`, bounded) from the start of a request the parser refused, for
- * its audit event: what the SIEM needs to see who tried what. Empty when there is no request line.
+ * A request line at the very start of a packet: a method token, a space and a request target
+ * (origin, absolute or asterisk form), then ` HTTP/x.y` or the end of the bytes looked at (a path
+ * too long to fit). Anything else (a header line, body bytes, `Bearer …`) is not a request line.
+ */
+const REQUEST_LINE = /^([A-Z][A-Z-]{0,31}) ((?:\/|\*|[A-Za-z][A-Za-z0-9+.-]*:\/\/)[!-~]*)(?: HTTP\/\d\.\d\r\n|$)/
+const REQUEST_LINE_SCAN = 8192
+
+/**
+ * Method and path of a request the parser refused, for its audit event: what the SIEM needs to
+ * see who tried what. Empty unless the packet starts with a well-formed request line.
  */
 function requestLineOf(raw: Buffer | undefined): { method: string; path: string } {
-  if (raw === undefined || raw.length === 0) return { method: '', path: '' }
-  const line = raw.subarray(0, 8192).toString('latin1').split('\r\n', 1)[0] as string
-  const [method = '', target = ''] = line.split(' ', 2)
-  return { method: bounded(method), path: bounded(target.split('?', 1)[0] as string) }
+  if (raw === undefined || raw.length === 0) return NO_REQUEST_LINE
+  const m = REQUEST_LINE.exec(raw.subarray(0, REQUEST_LINE_SCAN).toString('latin1'))
+  if (m === null) return NO_REQUEST_LINE
+  return { method: m[1] as string, path: bounded(pathOfTarget(m[2] as string)) }
+}
+
+/**
+ * The path of a request target as the audit shows it: never the query (it can carry credentials,
+ * `?access_token=`, and takes no part in a decision) nor a fragment, which no client should send.
+ */
+function pathOfTarget(target: string): string {
+  const end = target.search(/[?#]/)
+  return end === -1 ? target : target.slice(0, end)
 }
 
 function elapsed(started: number): number {

@@ -101,6 +101,10 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (!normalized.ok) return { allow: false, code: 'path_rejected', detail: normalized.reason }
       const path = normalized.path
 
+      // RFC 9112 §3.2: a request with more than one Host is refused. Node keeps the first for
+      // routing; an upstream or cache in front of it could take another.
+      if (hostLines(input.rawHeaders) > 1) return { allow: false, code: 'malformed_request', detail: 'more than one Host header', path }
+
       // One policy for the whole decision, even if a reload swaps it meanwhile.
       const policy = deps.policy()
       const resource = policy.matchRoute(input.host, path)
@@ -156,4 +160,13 @@ export function createDecider(deps: DeciderDeps): Decider {
       return { allow: true, resource, grant, claims, path, query }
     },
   }
+}
+
+function hostLines(rawHeaders: readonly string[]): number {
+  let n = 0
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string
+    if (name.length === 4 && name.toLowerCase() === 'host') n++
+  }
+  return n
 }

@@ -1,6 +1,6 @@
 /** One event, one line: escaping and bounding rules of `line.ts`, value by value. */
 import t from 'tap'
-import { bounded, copyBounded, isFlatAndBounded, isoTime, toLine, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, TRUNCATION_MARK } from '../../src/audit/line.js'
+import { bounded, copyBounded, isFlatAndBounded, isoTime, toLine, withoutTokens, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, REDACTED_TOKEN, TRUNCATION_MARK } from '../../src/audit/line.js'
 
 t.test('every character a reader could take as a break or a control is escaped, the value unchanged', async (t) => {
   const nasty = [
@@ -76,6 +76,7 @@ t.test('isFlatAndBounded: only where copyBounded would change nothing', async (t
     [{ a: undefined }, false],
     [{ a: ['x'] }, false],
     [{ a: { b: 'x' } }, false],
+    [{ a: '/x/eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2ln' }, false],
   ]
   for (const [fields, flat] of cases) {
     t.equal(isFlatAndBounded(fields), flat, JSON.stringify(fields).slice(0, 60))
@@ -85,4 +86,27 @@ t.test('isFlatAndBounded: only where copyBounded would change nothing', async (t
       t.strictSame(copied, { ...fields }, 'spreading gives what copying gives')
     }
   }
+})
+
+t.test('anything shaped like a JWT is redacted from event fields, however it is spelled', async (t) => {
+  const jwt = 'eyJhbGciOiJFZERTQSIsInR5cCI6ImppdCtqd3QifQ.eyJzdWIiOiJhY21lIiwianRpIjoiZ18xIn0.T2s3_c2lnbmF0dXJl-LXZhbHVl'
+  // The exact inputs of a finding: a fragment and a `;` parameter put the token in the audited path.
+  const cases: [string, string][] = [
+    [`/crm/x#access_token=${jwt}`, `/crm/x#access_token=${REDACTED_TOKEN}`],
+    [`/crm/x;access_token=${jwt};b=2`, `/crm/x;access_token=${REDACTED_TOKEN};b=2`],
+    [`/crm/${jwt}/y`, `/crm/${REDACTED_TOKEN}/y`],
+    [`/crm/${jwt.replaceAll('.', '%2E')}`, `/crm/${REDACTED_TOKEN}`],
+    [`/crm/%65${jwt.slice(1).replaceAll('.', '%252e')}`, `/crm/${REDACTED_TOKEN}`],
+    [`Bearer ${jwt}`, `Bearer ${REDACTED_TOKEN}`],
+    [`reason: pasted ${jwt} by mistake`, `reason: pasted ${REDACTED_TOKEN} by mistake`],
+    // Not tokens: ids, hashes and signatures the gateway writes itself (no dot after the run).
+    ['g_eyJabc123', 'g_eyJabc123'],
+    ['sig eyJ3dGYiOnRydWV9abcDEF-_', 'sig eyJ3dGYiOnRydWV9abcDEF-_'],
+    ['/plain/path', '/plain/path'],
+  ]
+  for (const [input, expected] of cases) t.equal(withoutTokens(input), expected, expected)
+  const copied: Record<string, unknown> = {}
+  copyBounded({ path: `/x;t=${jwt}`, details: [`a ${jwt}`], nested: { reason: jwt } }, copied)
+  t.notOk(JSON.stringify(copied).includes('c2lnbmF0dXJl'), 'redacted at any depth')
+  t.notOk(toLine(copied).includes(jwt.split('.')[2] as string))
 })

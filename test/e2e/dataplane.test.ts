@@ -240,6 +240,9 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
     { name: 'method outside scope', code: 'scope_denied', path: '/crm/customers/1', method: 'DELETE', token: crm.token },
     { name: 'path outside scope', code: 'scope_denied', path: '/crm/admin', token: crm.token },
     { name: 'one segment only', code: 'scope_denied', path: '/crm/customers/1/secrets', token: crm.token },
+    // The exact inputs of a finding: the token in a fragment or a `;` parameter reached the audited path.
+    { name: 'token in a fragment', code: 'path_rejected', path: `/crm/customers/1#access_token=${crm.token}`, token: crm.token },
+    { name: 'token in a ; parameter', code: 'scope_denied', path: `/crm/admin;access_token=${crm.token}`, token: crm.token },
   ]
   for (const c of cases) {
     const res = await rawCall(g.dataUrl, c.path, { method: c.method ?? 'GET', ...(c.token ? { token: c.token } : {}), ...(c.headers ? { headers: c.headers } : {}) })
@@ -261,6 +264,25 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
   }
   t.notOk(g.auditText().includes(crm.token), 'tokens never logged, even rejected ones')
 })
+
+/** Writes each piece after the server has had time to answer the one before; resolves once it closes. */
+function exchangeInSteps(base: string, pieces: string[]): Promise<string> {
+  const u = new URL(base)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(u.port), u.hostname, async () => {
+      for (const piece of pieces) {
+        if (socket.destroyed) break
+        socket.write(piece)
+        await sleep(150)
+      }
+      socket.end()
+    })
+    let text = ''
+    socket.on('data', (c: Buffer) => (text += c.toString('latin1')))
+    socket.on('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNRESET' || err.code === 'EPIPE' ? resolve(text) : reject(err)))
+    socket.on('close', () => resolve(text))
+  })
+}
 
 /** Writes raw bytes to the data plane; resolves with the whole response text once the server closes. */
 function rawExchange(base: string, bytes: string): Promise<string> {
@@ -309,18 +331,60 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
   t.equal(upstream.received.length, before, 'nothing was forwarded')
 
   // Pipelined behind a good request whose response is still pending: the refusal must not be
-  // written into the middle of that response; the connection is cut, and the refusal audited.
+  // written into the middle of that response; the connection is cut, and the refusal audited,
+  // without blaming the good request (the refused packet starts with it).
   const pipelined = await rawExchange(
     g.dataUrl,
-    `GET /crm/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\n\r\nGET /crm/x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n`,
+    `GET /crm/customers/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\n\r\nGET /crm/pipelined HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n`,
   )
   t.notMatch(pipelined, /HTTP\/1\.1 400/, 'no refusal bytes on a connection with a response in progress')
   t.ok(pipelined === '' || pipelined.startsWith('HTTP/1.1 200'), 'at most the first response')
-  await g.waitForEvent((e) => e.event === 'access.denied' && e.code === 'malformed_request' && e.path === '/crm/x')
-  t.notOk(g.auditText().includes(grant.token), 'no token in the audit, even from a refused request line')
+  const cut = await g.waitForEvent((e) => e.event === 'access.denied' && e.code === 'malformed_request' && /connection cut/.test(String(e.detail)))
+  t.match(cut, { method: '', path: '' }, 'the refusal is not pinned on the earlier request')
+
+  // A chunked body answered early, then bad chunk bytes: no second, unsolicited response.
+  const early = await exchangeInSteps(g.dataUrl, [
+    `POST /crm/tickets/early HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`,
+    'ZZZ\r\nnot a chunk\r\n\r\n',
+  ])
+  t.equal(early.match(/HTTP\/1\.1 \d{3}/g)?.length ?? 0, 1, 'one request, one response')
+
+  // Header lines that arrive in a later packet than their request line: that packet's first line
+  // (here the Authorization header, token and all) is no request line and is not audited as one.
+  const split = await exchangeInSteps(g.dataUrl, ['GET /crm/split HTTP/1.1\r\nHost: a\r\n', `Authorization: Bearer ${grant.token}\r\nBad Header\r\n\r\n`])
+  t.match(split, /^HTTP\/1\.1 400 /, 'refused in words: nothing was answered on the connection yet')
+  const splitId = /"request_id":"([^"]+)"/.exec(split)?.[1]
+  t.match(await g.waitForEvent((e) => e.request_id === splitId), { code: 'malformed_request', method: '', path: '' })
+  // A refused request line carrying the token in its target: the audited path keeps none of it.
+  for (const target of [`/crm/x#access_token=${grant.token}`, `/crm/x;access_token=${grant.token}`]) {
+    const text = await rawExchange(g.dataUrl, `GET ${target} HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n`)
+    const id = /"request_id":"([^"]+)"/.exec(text)?.[1]
+    const ev = await g.waitForEvent((e) => e.request_id === id)
+    t.match(ev, { method: 'GET', path: /^\/crm\/x/ })
+    t.notOk(String(ev.path).includes(grant.token.split('.')[2] as string), `no token in the path of ${target.slice(0, 20)}…`)
+  }
+  t.notOk(g.auditText().includes(grant.token.split('.')[2] as string), 'no token in the audit, even from a refused request line')
   const metrics = (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
-  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 3/)
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 7/)
+})
+
+t.test('CONNECT and a second Host header are refused, coded and audited, nothing forwarded', async (t) => {
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['* /crm/**'], ttl: '10m' })
+  const before = upstream.received.length
+  // The exact inputs of a finding: CONNECT got no answer and no audit line; two Hosts were accepted.
+  const connectText = await rawExchange(g.dataUrl, `CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nAuthorization: Bearer ${grant.token}\r\n\r\n`)
+  t.match(connectText, /^HTTP\/1\.1 405 /)
+  const connectId = /"request_id":"([^"]+)"/.exec(connectText)?.[1]
+  t.match(await g.waitForEvent((e) => e.request_id === connectId), { event: 'access.denied', code: 'connect_not_supported', status: 405, method: 'CONNECT', client_ip: '127.0.0.1' })
+
+  const twoHosts = await rawExchange(g.dataUrl, `GET /crm/customers/1 HTTP/1.1\r\nHost: a\r\nHost: internal.example\r\nAuthorization: Bearer ${grant.token}\r\nConnection: close\r\n\r\n`)
+  t.match(twoHosts, /^HTTP\/1\.1 400 /)
+  const hostsId = /"request_id":"([^"]+)"/.exec(twoHosts)?.[1]
+  t.match(await g.waitForEvent((e) => e.request_id === hostsId), { event: 'access.denied', code: 'malformed_request', detail: 'more than one Host header', path: '/crm/customers/1' })
+  t.equal(upstream.received.length, before, 'nothing was forwarded')
+  t.notOk(g.auditText().includes(grant.token), 'no token in the audit')
 })
 
 t.test('upstream failures after an allowed decision: 502 and 504, coded', async (t) => {
