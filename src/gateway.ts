@@ -248,6 +248,8 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
         unsubscribe()
         // The workflow first: its last notifications and sweeps still use the grant store.
         await workflow.stop().catch((err: unknown) => log.warn({ err }, 'workflow stop failed'))
+        // Writes a hung store has not confirmed yet: audited if they landed, logged by id if still unknown.
+        await grants.stop()
         // A last sweep, so grants that expired since the previous one are on record before the trail closes.
         await expiries.stop({ finalSweep: true })
         await Promise.allSettled([forwarder.close(), store.close(), live.close()])

@@ -113,7 +113,7 @@ export const EVENTS = {
   },
   'grant.issued': {
     summary:
-      'A grant was created (by an operator through the API, or on final approval of an access request). A grant with a claim-by window carries `claim_by`: until its first use it ends then (`expires_at` is the same instant), and `grant.claimed` follows at the first use.',
+      'A grant was created (by an operator through the API, or on final approval of an access request). A grant with a claim-by window carries `claim_by`: until its first use it ends then (`expires_at` is the same instant), and `grant.claimed` follows at the first use. A write a hung grant store ran only after its caller was told `store_unavailable` is written late, once the gateway reads it back; a gateway that stops before it can logs the grant id instead (README, "Redis layout").',
     emitter: 'control plane',
     required: ['request_id', 'actor', 'subject', 'grant_id', 'resource', 'scopes', 'starts_at', 'expires_at'],
     optional: ['reason', 'access_request_id', 'claim_by'],
@@ -126,7 +126,8 @@ export const EVENTS = {
     optional: ['client_ip'],
   },
   'grant.revoked': {
-    summary: 'A grant was revoked; the next request with its token is refused (`grant_revoked`) on every replica.',
+    summary:
+      'A grant was revoked; the next request with its token is refused (`grant_revoked`) on every replica. At most one per grant, however many calls revoke it. `actor` `system`: an operator\'s grant whose issue the store confirmed too late, so its token was never handed out, revoked at once.',
     emitter: 'control plane',
     required: ['request_id', 'actor', 'reason', 'grant_id', 'subject', 'resource'],
     optional: [],

@@ -54,6 +54,12 @@ export interface GrantService {
    * StoreUnavailableError when the store cannot be read (the next sweep retries).
    */
   reportExpired(): Promise<number>
+  /**
+   * Stops reading behind writes the store did not confirm in time (call before the store and the
+   * audit trail close): each is read once more, and those whose outcome is still unknown are
+   * logged, by grant id, with what an operator should do about each.
+   */
+  stop(): Promise<void>
 }
 
 export interface GrantServiceDeps {
@@ -74,6 +80,18 @@ export const RECONCILE_EVERY_MS = 500
 export const RECONCILE_ACTOR = 'system'
 export const UNCONFIRMED_ISSUE_REASON = 'issue confirmed too late: the caller was told it failed and never received the token'
 
+/** A write the store did not confirm in time, whose outcome is still unknown (see `unconfirmed`). */
+interface PendingWrite {
+  readonly operation: 'issue' | 'revoke' | 'extend'
+  readonly id: string
+  readonly since: number
+  /** What an operator should do if jitgate never learns the outcome. */
+  readonly followUp: string
+  /** One read behind the write: false while the store stays away (the outcome still unknown). */
+  readonly settle: () => Promise<boolean>
+  timer?: NodeJS.Timeout
+}
+
 /** 128 random bits, URL-safe: grant ids appear in paths and are the token's `jti`. */
 export function newGrantId(): string {
   return `g_${randomBytes(16).toString('base64url')}`
@@ -82,39 +100,78 @@ export function newGrantId(): string {
 export function createGrantService(deps: GrantServiceDeps): GrantService {
   const now = deps.now ?? Date.now
 
+  /** Writes still being read behind; `stop` reads each once more and logs what is left. */
+  const pending = new Set<PendingWrite>()
+  /** Reads (and the audit or revocation that follows one that found its write) under way. */
+  const reading = new Set<Promise<void>>()
+  let stopped = false
+  /** `stop` has logged what was left: a write left unconfirmed after that is logged on its own. */
+  let reported = false
+
   /**
    * A write the store did not confirm within its deadline may still land: it was sent, and a hung
    * Redis runs it once it answers again. The caller is told `store_unavailable` at once; meanwhile
    * this finds out what happened by reading the grant behind the write (Redis answers one
    * connection's commands in order, so the read sees the write if it ran), retrying while the
    * store stays away (at most RECONCILE_FOR_MS), and hands a write that landed to `onLanded`, which
-   * audits it like any other: no change to a grant goes unrecorded.
+   * audits it like any other: no change to a grant goes unrecorded. The one gap is a gateway that
+   * stops, or gives up, before the store answers: the write is then logged with `followUp`.
    */
   function unconfirmed(
-    what: 'issue' | 'revoke' | 'extend',
+    what: PendingWrite['operation'],
     id: string,
+    followUp: string,
     landed: (lookup: GrantLookup) => boolean,
     onLanded: (lookup: GrantLookup) => Promise<void> | void,
   ): ApiError {
-    const started = Date.now()
-    const check = async (): Promise<void> => {
-      let lookup: GrantLookup
-      try {
-        lookup = await deps.store.get(id)
-      } catch (err) {
-        if (err instanceof StoreUnavailableError && Date.now() - started < RECONCILE_FOR_MS) {
-          setTimeout(run, RECONCILE_EVERY_MS).unref()
-          return
+    const write: PendingWrite = {
+      operation: what,
+      id,
+      since: Date.now(),
+      followUp,
+      async settle() {
+        let lookup: GrantLookup
+        try {
+          lookup = await deps.store.get(id)
+        } catch (err) {
+          if (err instanceof StoreUnavailableError) return false
+          throw err
         }
-        deps.log?.warn({ grant_id: id, operation: what, err: String(err) }, 'gave up confirming a grant store write: its outcome is unknown')
-        return
-      }
-      if (!landed(lookup)) return
-      deps.log?.info({ grant_id: id, operation: what }, 'a grant store write confirmed too late landed: audited now')
-      await onLanded(lookup)
+        pending.delete(write)
+        if (!landed(lookup)) return true
+        deps.log?.info({ grant_id: id, operation: what }, 'a grant store write confirmed too late landed: audited now')
+        await onLanded(lookup)
+        return true
+      },
     }
-    const run = (): void => void check().catch((err: unknown) => deps.log?.warn({ grant_id: id, operation: what, err: String(err) }, 'confirming a grant store write failed'))
-    setImmediate(run)
+    // A control-plane call still running when the gateway stopped (its connection cut, its
+    // handler not): nobody will read behind its write, so say so now.
+    if (reported) deps.log?.warn({ grant_id: id, operation: what, follow_up: followUp }, 'a grant store write was not confirmed after the gateway stopped: its outcome is unknown')
+    else pending.add(write)
+    const run = (): void => {
+      // Once stopping, `stop` makes the last read itself.
+      if (stopped) return
+      const read = write
+        .settle()
+        .then(
+          (settled) => {
+            if (settled || stopped) return
+            if (Date.now() - write.since < RECONCILE_FOR_MS) {
+              write.timer = setTimeout(run, RECONCILE_EVERY_MS).unref()
+              return
+            }
+            pending.delete(write)
+            deps.log?.warn({ grant_id: id, operation: what, follow_up: followUp }, 'gave up confirming a grant store write: its outcome is unknown')
+          },
+          (err: unknown) => {
+            pending.delete(write)
+            deps.log?.warn({ grant_id: id, operation: what, follow_up: followUp, err: String(err) }, 'confirming a grant store write failed')
+          },
+        )
+        .finally(() => reading.delete(read))
+      reading.add(read)
+    }
+    write.timer = setTimeout(run, 0).unref()
     return new ApiError('store_unavailable', [
       `grant ${id}: the grant store did not answer in time; the ${what} may still take effect once it does: jitgate checks, and audits what happened`,
     ])
@@ -150,15 +207,19 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
   }
 
   async function revokeAndAudit(id: string, actor: string, reason: string, requestId: string): Promise<Revocation | null> {
+    // Names this call's tombstone: a retried revoke (same actor, same reason) unconfirmed alongside
+    // it must not take the other's tombstone for its own and audit the revocation twice.
+    const nonce = randomBytes(12).toString('base64url')
     let revocation: Revocation | null
     try {
-      revocation = await deps.store.revoke(id, actor, reason)
+      revocation = await deps.store.revoke(id, actor, reason, nonce)
     } catch (err) {
       if (err instanceof StoreUnavailableError) {
         throw unconfirmed(
           'revoke',
           id,
-          (l) => l.status === 'revoked' && l.revocation.revokedBy === actor && l.revocation.reason === reason,
+          'revoke the grant again if it is still active (its grant.revoked is not in the audit trail if this revoke took effect)',
+          (l) => l.status === 'revoked' && l.revocation.nonce === nonce,
           (l) => auditRevoked(id, (l as { revocation: Revocation }).revocation, requestId),
         )
       }
@@ -186,6 +247,9 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
         throw unconfirmed(
           'issue',
           grant.id,
+          handedOutByCaller
+            ? 'revoke the grant if it exists: the caller was told the issue failed and its token was never handed out (nor is its grant.issued in the audit trail)'
+            : 'nothing to undo (the requester fetches the grant), but its grant.issued is not in the audit trail if it was stored',
           (l) => l.status !== 'not_found',
           async () => {
             auditIssued(grant, ctx)
@@ -282,6 +346,7 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
           throw unconfirmed(
             'extend',
             id,
+            'nothing to undo, but its grant.extended is not in the audit trail if the grant has the new expiry',
             (l) => l.status === 'active' && l.grant.expiresAt === expiresAt && expiresAt > before.expiresAt,
             (l) => audited((l as { grant: Grant }).grant),
           )
@@ -320,6 +385,23 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
         })
       }
       return expired.length
+    },
+
+    async stop() {
+      stopped = true
+      for (const write of pending) clearTimeout(write.timer)
+      await Promise.allSettled([...reading])
+      // The store may have answered since the last read: one more, for every write still unknown.
+      await Promise.allSettled([...pending].map((write) => write.settle()))
+      reported = true
+      if (pending.size === 0) return
+      deps.log?.warn(
+        {
+          unconfirmed: [...pending].map((w) => ({ grant_id: w.id, operation: w.operation, since: new Date(w.since).toISOString(), follow_up: w.followUp })),
+        },
+        'stopping with grant store writes whose outcome is unknown: they may have taken effect without being audited',
+      )
+      pending.clear()
     },
   }
 }

@@ -129,7 +129,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       return n
     },
 
-    async revoke(id, by, reason) {
+    async revoke(id, by, reason, nonce) {
       assertOpen()
       const t = now()
       const grant = liveGrant(id, t)
@@ -139,6 +139,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
         revokedAt: t,
         revokedBy: by,
         reason,
+        ...(nonce !== undefined ? { nonce } : {}),
         subject: grant.subject,
         resource: grant.resource,
       })

@@ -62,7 +62,8 @@ return 1
  * KEYS: grant, tombstone, expiry record. ARGV: revocation JSON without subject/resource and
  * without its closing brace (built by JSON.stringify, so no number or string formatting happens
  * in Lua), minimum tombstone ms, events channel. Returns the full revocation JSON, or nil when
- * there is no grant. Atomic, so of two concurrent revokes exactly one finds the grant, and a
+ * there is no grant (so a later revoke never overwrites the tombstone, nor its nonce, that the
+ * first one wrote). Atomic, so of two concurrent revokes exactly one finds the grant, and a
  * revoke and an expiry claim never both succeed; the event is published in the same step, so no
  * replica can observe the deletion without the event being on its way.
  */
@@ -375,8 +376,9 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
       return op('count', async () => (await activeGrants()).length)
     },
 
-    revoke(id, by, reason) {
-      const partial = JSON.stringify({ id, revokedAt: now(), revokedBy: by, reason }).slice(0, -1)
+    revoke(id, by, reason, nonce) {
+      // JSON.stringify leaves out an undefined nonce, as the memory store does.
+      const partial = JSON.stringify({ id, revokedAt: now(), revokedBy: by, reason, nonce }).slice(0, -1)
       return op('revoke', async () => {
         const json = await client.jitgateRevoke(grantKey(id), tombKey(id), expiryKey(id), partial, opts.minTombstoneMs, channel)
         if (json == null) return null

@@ -68,6 +68,12 @@ export interface Revocation {
   readonly revokedAt: number
   readonly revokedBy: string
   readonly reason: string
+  /**
+   * Chosen by the revoke call that wrote this tombstone (GrantStore.revoke), absent when it chose
+   * none: a caller whose answer was lost reads the tombstone back and tells its own revocation from
+   * a concurrent call's (same actor, same reason) by this alone.
+   */
+  readonly nonce?: string
   /** The revoked grant's subject and resource, kept for the denial's audit event. */
   readonly subject: string
   readonly resource: string
@@ -117,9 +123,11 @@ export interface GrantStore {
   /**
    * Revokes at once: the grant is deleted and a tombstone is kept until the grant would have
    * expired (at least `minTombstoneMs`), and every replica is told. Returns the revocation, or
-   * null when no active grant has this id.
+   * null when no active grant has this id: a tombstone, once written, is never overwritten, so of
+   * concurrent revokes exactly one returns it. `nonce` is written into the tombstone as
+   * `Revocation.nonce`, so a caller whose answer was lost can read back whether its own call won.
    */
-  revoke(id: string, by: string, reason: string): Promise<Revocation | null>
+  revoke(id: string, by: string, reason: string, nonce?: string): Promise<Revocation | null>
   /**
    * Moves an active grant's expiry to `expiresAt` and tells every replica (an `extended` event).
    * Never shortens a grant: an `expiresAt` at or before the current one changes nothing (so a

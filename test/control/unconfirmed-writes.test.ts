@@ -6,14 +6,15 @@
  * record. The exact inputs of a finding: POST /v1/grants and DELETE /v1/grants/{id} while Redis
  * is stopped, then SIGCONT.
  */
-import t from 'tap'
-import { PassThrough } from 'node:stream'
+import t, { type Test } from 'tap'
+import { PassThrough, Writable } from 'node:stream'
+import { pino } from 'pino'
 import { startTestGateway, call, sleep, ADMIN_TOKEN, type AuditRecord } from '../helpers/gateway.js'
 import { startRedis } from '../helpers/redis-server.js'
 import { auditValidator } from '../helpers/audit-schema.js'
 import { createRedisGrantStore } from '../../src/grants/redis-store.js'
 import { StoreUnavailableError, type GrantStore } from '../../src/grants/types.js'
-import { createGrantService, RECONCILE_ACTOR, UNCONFIRMED_ISSUE_REASON } from '../../src/control/grant-service.js'
+import { createGrantService, type GrantService, RECONCILE_ACTOR, RECONCILE_EVERY_MS, UNCONFIRMED_ISSUE_REASON } from '../../src/control/grant-service.js'
 import { createAuditLog } from '../../src/audit/audit-log.js'
 import { createMetrics } from '../../src/metrics/metrics.js'
 import { compilePolicy } from '../../src/policy/policy.js'
@@ -76,10 +77,66 @@ t.test('issue and revoke answered 503 while Redis hangs, landed when it wakes: a
   for (const e of g.audit) t.same(validate(e), [], `${e.event} valid`)
 })
 
-t.test('a write that never ran leaves nothing to audit; an extension confirmed late is audited', async (t) => {
+t.test('two revokes of one grant answered 503 while Redis hangs: exactly one grant.revoked once it wakes', async (t) => {
   const redis = await startRedis(t)
-  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
-  t.teardown(() => store.close())
+  const g = await startTestGateway(t, { policy: POLICY, env: { REDIS_URL: redis.url } })
+  const grant = await g.issue({ resource: 'api', scopes: ['GET /api/**'], ttl: '10m' })
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  // The same operator and reason twice (a retried click): only the tombstone tells the calls apart.
+  const del = () => call(`${g.controlUrl}/v1/grants/${grant.id}`, { method: 'DELETE', headers: auth, body: JSON.stringify({ reason: 'done' }) })
+  t.equal((await del()).status, 503)
+  t.equal((await del()).status, 503)
+  await sleep(300)
+  redis.resume()
+
+  t.match(await g.waitForEvent((e) => e.event === 'grant.revoked' && e.grant_id === grant.id), { actor: 'operator', reason: 'done' })
+  const again = await call(`${g.controlUrl}/v1/grants/${grant.id}`, { method: 'DELETE', headers: auth, body: JSON.stringify({ reason: 'done' }) })
+  t.equal(again.status, 409, 'the first tombstone stands')
+  t.match(again.json, { error: { code: 'grant_already_revoked', details: [/^revoked by operator at .*: done$/] } })
+  // Both reads behind the writes have seen the tombstone by now (one every RECONCILE_EVERY_MS).
+  await sleep(4 * RECONCILE_EVERY_MS)
+  t.equal(g.audit.filter((e) => e.event === 'grant.revoked' && e.grant_id === grant.id).length, 1, 'one revocation, one event')
+  t.equal((await call(`${g.dataUrl}/api/x`, { token: grant.token })).status, 403, 'the revoked grant is refused')
+})
+
+t.test('a gateway stopped while Redis hangs logs the operator grant it could not confirm, by id', async (t) => {
+  const redis = await startRedis(t)
+  const lines: Record<string, unknown>[] = []
+  const logStream = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+      done()
+    },
+  })
+  const g = await startTestGateway(t, { policy: POLICY, env: { REDIS_URL: redis.url }, log: pino({ level: 'warn' }, logStream) })
+  await g.issue({ resource: 'api', scopes: ['GET /api/**'], ttl: '10m' })
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const issued = await call(`${g.controlUrl}/v1/grants`, {
+    method: 'POST',
+    headers: auth,
+    body: JSON.stringify({ subject: 'acme', resource: 'api', scopes: ['GET /api/**'], ttl: '10m' }),
+  })
+  t.equal(issued.status, 503)
+  const orphanId = /grant (g_\S+):/.exec(String((issued.json as { error: { details: string[] } }).error.details[0]))?.[1] as string
+  await g.stop()
+  t.match(lines.find((l) => String(l.msg).startsWith('stopping with grant store writes whose outcome is unknown')), {
+    level: 40,
+    unconfirmed: [{ grant_id: orphanId, operation: 'issue', follow_up: /^revoke the grant if it exists/ }],
+  })
+})
+
+interface LogLine {
+  readonly level: 'warn' | 'info'
+  readonly msg: string
+  readonly fields: Record<string, unknown>
+}
+
+/** A grant service over `store`, with its audit events and operational log lines captured. */
+function serviceOver(t: Test, store: GrantStore): { grants: GrantService; events: AuditRecord[]; logs: LogLine[] } {
   const stream = new PassThrough()
   const events: AuditRecord[] = []
   let buf = ''
@@ -95,6 +152,22 @@ t.test('a write that never ran leaves nothing to audit; an extension confirmed l
   const policy = compilePolicy([{ file: 'p.yaml', text: POLICY.replace('UPSTREAM', 'http://127.0.0.1:1') }])
   const tokens: TokenIssuer = { issue: async () => 'token', keyId: 'k' } as unknown as TokenIssuer
   const metrics = createMetrics({ activeGrants: async () => 0, defaultMetrics: false })
+  const logs: LogLine[] = []
+  const log = {
+    warn: (fields: object, msg: string) => logs.push({ level: 'warn', msg, fields: fields as Record<string, unknown> }),
+    info: (fields: object, msg: string) => logs.push({ level: 'info', msg, fields: fields as Record<string, unknown> }),
+  }
+  const grants = createGrantService({ store, policy: () => policy, tokens: () => tokens, audit, metrics, log })
+  return { grants, events, logs }
+}
+
+const operatorIssue = { subject: 'acme', resource: 'api', scopes: ['GET /api/**'], ttlMs: 600_000, actor: 'operator', requestId: 'req-0' }
+const orphanOf = (err: unknown): string => /grant (g_\S+):/.exec(String((err as ApiError).details?.[0]))?.[1] as string
+
+t.test('a write that never ran leaves nothing to audit; an extension confirmed late is audited', async (t) => {
+  const redis = await startRedis(t)
+  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
   // The extension's answer is lost after it ran (what a reply after the deadline looks like to
   // the service): the store is real, only the confirmation goes missing.
   const replyLost: GrantStore = Object.assign(Object.create(store) as GrantStore, {
@@ -103,10 +176,10 @@ t.test('a write that never ran leaves nothing to audit; an extension confirmed l
       throw new StoreUnavailableError('redis extend: no answer within 200 ms')
     },
   })
-  const grants = createGrantService({ store: replyLost, policy: () => policy, tokens: () => tokens, audit, metrics })
+  const { grants, events } = serviceOver(t, replyLost)
   const ctx = { actor: 'carol', requestId: 'req-1', accessRequestId: 'r_1' }
 
-  const { grant } = await grants.issue({ subject: 'acme', resource: 'api', scopes: ['GET /api/**'], ttlMs: 600_000, actor: 'operator', requestId: 'req-0' })
+  const { grant } = await grants.issue(operatorIssue)
   const newExpiry = grant.expiresAt + 60_000
   t.equal(await codeOf(grants.extend(grant.id, newExpiry, ctx)), 'store_unavailable')
   const deadline = Date.now() + 10_000
@@ -123,4 +196,69 @@ t.test('a write that never ran leaves nothing to audit; an extension confirmed l
   t.equal(await codeOf(grants.revoke(grant.id, 'operator', 'x', 'req-2')), 'store_unavailable')
   await sleep(1500)
   t.notOk(events.some((e) => e.event === 'grant.revoked'), 'no event for a revoke that never ran')
+})
+
+t.test('stopping while Redis still hangs: each unconfirmed write is logged by grant id, with what to do', async (t) => {
+  const redis = await startRedis(t)
+  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
+  const { grants, events, logs } = serviceOver(t, store)
+  const kept = await grants.issue(operatorIssue)
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const orphanId = orphanOf(await grants.issue(operatorIssue).catch((err: unknown) => err))
+  t.match(orphanId, /^g_/)
+  t.equal(await codeOf(grants.revoke(kept.grant.id, 'operator', 'done', 'req-2')), 'store_unavailable')
+  // SIGTERM during the hang: the last read cannot be answered either; stop does not wait for Redis.
+  const started = Date.now()
+  await grants.stop()
+  t.ok(Date.now() - started < 3000, 'stop is bounded by the store deadline')
+  const warned = logs.filter((l) => l.level === 'warn')
+  t.equal(warned.length, 1, 'one warning, listing every write')
+  t.match(warned[0], {
+    msg: /^stopping with grant store writes whose outcome is unknown/,
+    fields: {
+      unconfirmed: [
+        { grant_id: orphanId, operation: 'issue', since: String, follow_up: /^revoke the grant if it exists: .*never handed out/ },
+        { grant_id: kept.grant.id, operation: 'revoke', since: String, follow_up: /^revoke the grant again if it is still active/ },
+      ],
+    },
+  })
+
+  // A call that was still running when the gateway stopped: its write is logged on its own.
+  const lateId = orphanOf(await grants.issue(operatorIssue).catch((err: unknown) => err))
+  t.match(logs.at(-1), {
+    level: 'warn',
+    msg: /^a grant store write was not confirmed after the gateway stopped/,
+    fields: { grant_id: lateId, operation: 'issue', follow_up: /^revoke the grant if it exists/ },
+  })
+
+  // The gap the warnings are for: the writes land once Redis wakes, and this stopped service no
+  // longer reads behind them. The operator's follow-up closes it.
+  redis.resume()
+  await sleep(4 * RECONCILE_EVERY_MS)
+  t.notOk(events.some((e) => e.grant_id === orphanId || e.grant_id === lateId), 'nothing audited after stop')
+  t.equal((await store.get(orphanId)).status, 'active', 'the orphan grant landed')
+  t.equal((await store.get(kept.grant.id)).status, 'revoked', 'the revoke landed')
+})
+
+t.test('stopping after Redis woke, before the next read behind the write: the last read audits it and revokes the orphan', async (t) => {
+  const redis = await startRedis(t)
+  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
+  const { grants, events, logs } = serviceOver(t, store)
+  await store.ping() // connected: the issue below is sent, not refused for want of a connection
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  const orphanId = orphanOf(await grants.issue(operatorIssue).catch((err: unknown) => err))
+  // The first read behind the write has timed out too; the next is RECONCILE_EVERY_MS away.
+  await sleep(300)
+  redis.resume()
+  await grants.stop()
+  t.match(events.find((e) => e.event === 'grant.issued' && e.grant_id === orphanId), { actor: 'operator', subject: 'acme' })
+  t.match(events.find((e) => e.event === 'grant.revoked' && e.grant_id === orphanId), { actor: RECONCILE_ACTOR, reason: UNCONFIRMED_ISSUE_REASON })
+  t.equal((await store.get(orphanId)).status, 'revoked', 'the orphan grant is revoked')
+  t.same(logs.filter((l) => l.level === 'warn'), [], 'nothing left unknown')
 })

@@ -228,6 +228,36 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       t.strictSame(await store.get(grant.id), { status: 'revoked', revocation: winners[0] })
     })
 
+    t.test('the tombstone keeps the nonce of the revoke that wrote it; a later revoke changes nothing', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      // Same actor, same reason: the nonce alone tells the two calls apart.
+      const first = await store.revoke(grant.id, 'bob', 'done', 'nonce-1')
+      t.match(first, { id: grant.id, revokedBy: 'bob', reason: 'done', nonce: 'nonce-1', subject: 'sp-acme', resource: 'crm' })
+      await sleep(5) // a second revokedAt, were the tombstone rewritten
+      t.equal(await store.revoke(grant.id, 'bob', 'done', 'nonce-2'), null)
+      t.strictSame(await store.get(grant.id), { status: 'revoked', revocation: first }, 'the first tombstone, its nonce and revokedAt unchanged')
+
+      const other = makeGrant()
+      await store.create(other)
+      const plain = await store.revoke(other.id, 'bob', 'done')
+      t.notOk(plain !== null && 'nonce' in plain, 'no nonce given, none stored')
+      t.strictSame(await store.get(other.id), { status: 'revoked', revocation: plain })
+    })
+
+    t.test('of concurrent revokes with their own nonces, the tombstone names the winner', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant)
+      const results = await Promise.all(Array.from({ length: 10 }, (_, i) => store.revoke(grant.id, 'bob', 'race', `n${i}`)))
+      const winners = results.filter((r) => r !== null)
+      t.equal(winners.length, 1)
+      const lookup = await store.get(grant.id)
+      t.equal(lookup.status === 'revoked' ? lookup.revocation.nonce : undefined, winners[0]?.nonce)
+      t.equal(results.findIndex((r) => r !== null), Number(winners[0]?.nonce?.slice(1)), 'the nonce the winning call sent')
+    })
+
     t.test('the tombstone lasts until the grant would have expired, and at least minTombstoneMs', async (t) => {
       const store = await open(t, { minTombstoneMs: 1000 })
       const short = makeGrant({ expiresAt: Date.now() + 300 }) // ends before the minimum

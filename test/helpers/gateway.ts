@@ -7,7 +7,7 @@ import { writeFileSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { tempDir } from './tmp.js'
 import { PassThrough } from 'node:stream'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
 import { request } from 'undici'
 import { request as httpRequest } from 'node:http'
 import { loadConfig } from '../../src/config/config.js'
@@ -53,6 +53,8 @@ export interface TestGatewayOptions {
   /** Share the signing key with another gateway (replicas). */
   readonly dataDir?: string
   readonly adminToken?: string
+  /** The operational log; silent by default. */
+  readonly log?: Logger
 }
 
 export const ADMIN_TOKEN = 'test-admin-token-0123456789'
@@ -87,7 +89,7 @@ export async function startTestGateway(t: { teardown(fn: () => unknown): void },
     }
   })
   let all = ''
-  const gw = await startGateway({ config, auditStream: stream, log: pino({ level: 'silent' }), env })
+  const gw = await startGateway({ config, auditStream: stream, log: opts.log ?? pino({ level: 'silent' }), env })
   let stopped = false
   const stop = async () => {
     if (stopped) return
