@@ -155,6 +155,9 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
       /** The revocation reason: body `{"reason"}` or `?reason=`, required. */
       const reasonOf = async (): Promise<string> => {
         const body = (req.headers['content-length'] ?? '0') !== '0' || req.headers['transfer-encoding'] ? await readJson(req) : {}
+        // A misspelt field (`{"reson": …}`) is refused, not ignored, as on every other call.
+        const unknown = Object.keys(body).filter((k) => k !== 'reason')
+        if (unknown.length > 0) throw new ApiError('invalid_request', unknown.map((k) => `${k}: unknown field`))
         const reason = stringField(body, 'reason', { optional: true, max: 512 }) ?? url.searchParams.get('reason') ?? ''
         if (reason.trim() === '') throw new ApiError('invalid_request', ['reason: a revocation needs a reason (body {"reason"} or ?reason=)'])
         return bounded(reason)

@@ -81,6 +81,10 @@ t.test('list and get never return tokens; a revocation needs a reason', async (t
   const noReason = await request(`${g.controlUrl}/v1/grants/${a.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
   t.equal(noReason.statusCode, 400)
   await noReason.body.dump()
+  // The exact input of a finding: a misspelt field was ignored (and the ?reason= taken instead).
+  const misspelt = await call(`${g.controlUrl}/v1/grants/${a.id}?reason=x`, { token: ADMIN_TOKEN, method: 'DELETE', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reson: 'typo' }) })
+  t.match(misspelt, { status: 400, json: { error: { code: 'invalid_request', details: ['reson: unknown field'] } } })
+  t.match((await call(`${g.controlUrl}/v1/grants/${a.id}`, { token: ADMIN_TOKEN })).json, { status: 'active' }, 'nothing was revoked')
   t.equal(await g.revoke(a.id, 'done'), 204)
   const after = await call(`${g.controlUrl}/v1/grants/${a.id}`, { token: ADMIN_TOKEN })
   t.match(after.json, { id: a.id, status: 'revoked', revoked_by: 'operator', reason: 'done' })
