@@ -94,6 +94,13 @@ export interface AccessRequest {
   readonly grantExpiresAt?: number
   readonly grantClaimBy?: number
   readonly review?: BreakGlassReview
+  /**
+   * The ids of the writes that made this record, one per version, oldest first: the last one made
+   * the current version (a record stored before writes were named has fewer than `version`). A
+   * writer whose answer was lost tells from them whether its write landed, even after later writes
+   * built on it, and even when another writer's record is identical to its own (an expiry is).
+   */
+  readonly writes?: readonly string[]
 }
 
 export interface RequestFilter {

@@ -63,6 +63,9 @@ const UNCLAIMED = 'the grant has not been used yet: its clock starts at its firs
 /** Compare-and-set rounds before giving up on a request that keeps changing under us. */
 const MAX_ROUNDS = 8
 
+/** Names one write of a request (AccessRequest.writes): 72 random bits. */
+const writeId = (): string => randomBytes(9).toString('base64url')
+
 export interface CreateRequestInput {
   readonly resource: string
   readonly scopes: readonly string[]
@@ -167,7 +170,12 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     return r
   }
 
-  const next = (r: AccessRequest, changes: Partial<AccessRequest>): AccessRequest => ({ ...r, ...changes, version: r.version + 1 })
+  const next = (r: AccessRequest, changes: Partial<AccessRequest>): AccessRequest => ({
+    ...r,
+    ...changes,
+    version: r.version + 1,
+    writes: [...(r.writes ?? []), writeId()],
+  })
 
   /**
    * Reads, decides and compare-and-sets until the write lands: `decide` sees the current record
@@ -207,10 +215,15 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     throw new ApiError('wrong_state', ['the request kept changing concurrently; try again'])
   }
 
-  /** Reads `written` back behind its unconfirmed write until the store answers (bounded); runs `then` if it landed. */
+  /**
+   * Reads `written` back behind its unconfirmed write until the store answers (bounded); runs `then`
+   * if it landed. The store answers one connection's commands in order, so the read comes after the
+   * write: the record read is either built on it (the write's id is at its version in `writes`),
+   * or the write never landed (another writer took that version, or nobody did). Later changes
+   * built on it do not hide it: they keep its id, and the change it made is as real as theirs.
+   */
   function confirmLater(written: AccessRequest, then: () => Promise<void> | void): void {
     const started = Date.now()
-    const text = JSON.stringify(written)
     const check = async (): Promise<void> => {
       let current: AccessRequest | undefined
       try {
@@ -223,15 +236,23 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
         deps.log.warn({ access_request_id: written.id, err: String(err) }, 'gave up confirming a request store write: its outcome is unknown')
         return
       }
-      if (current !== undefined && JSON.stringify(current) === text) {
-        deps.log.info({ access_request_id: written.id, version: written.version }, 'a request store write confirmed too late landed: audited now')
-        await then()
-      } else if (current !== undefined && current.version > written.version) {
-        deps.log.warn({ access_request_id: written.id, version: written.version }, 'a request store write confirmed too late was overtaken by later changes: its outcome is unknown')
+      const fields = { access_request_id: written.id, version: written.version, current_version: current?.version }
+      if (current === undefined || !builtOn(current, written)) {
+        deps.log.info(fields, 'a request store write confirmed too late did not land: nothing to audit')
+        return
       }
+      deps.log.info(fields, current.version === written.version ? 'a request store write confirmed too late landed: audited now' : 'a request store write confirmed too late landed, and later changes built on it: audited now')
+      await then()
     }
     const run = (): void => void check().catch((err: unknown) => deps.log.warn({ access_request_id: written.id, err: String(err) }, 'confirming a request store write failed'))
     setImmediate(run)
+  }
+
+  /** True when `current` is `written` or a later version built on it: see AccessRequest.writes. */
+  function builtOn(current: AccessRequest, written: AccessRequest): boolean {
+    const mine = written.writes?.at(-1)
+    const writes = current.writes ?? []
+    return mine !== undefined && current.version >= written.version && writes[writes.length - 1 - (current.version - written.version)] === mine
   }
 
   const refuse = (code: ApiErrorCode, detail?: string): ApiError => new ApiError(code, detail === undefined ? undefined : [detail])
@@ -559,6 +580,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       ...rest,
       id,
       version: 1,
+      writes: [writeId()],
       ...(ticket !== undefined ? { ticket } : {}),
       policyVersion: deps.policy().version,
       approvalPolicy: approval.id,

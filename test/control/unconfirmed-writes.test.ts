@@ -4,7 +4,9 @@
  * reads behind the write, audits what happened, and revokes an operator's grant whose token the
  * failed call never handed out: every grant that ever existed has its grant.issued and its end on
  * record. The exact inputs of a finding: POST /v1/grants and DELETE /v1/grants/{id} while Redis
- * is stopped, then SIGCONT.
+ * is stopped, then SIGCONT. The same for the access-request workflow: a request created into the
+ * hang (listed and swept once it lands), and a stage-1 approval that lands late and is built on by
+ * the next approval before the gateway reads behind it.
  */
 import t, { type Test } from 'tap'
 import { PassThrough, Writable } from 'node:stream'
@@ -20,6 +22,10 @@ import { createMetrics } from '../../src/metrics/metrics.js'
 import { compilePolicy } from '../../src/policy/policy.js'
 import { ApiError } from '../../src/control/errors.js'
 import type { TokenIssuer } from '../../src/authn/token.js'
+import { createRedisRequestStore } from '../../src/workflow/redis-request-store.js'
+import type { AccessRequest, RequestStore } from '../../src/workflow/request-store.js'
+import { localApprover } from '../../src/workflow/auth/approvers.js'
+import { HOUR, harness } from '../workflow/fixtures.js'
 
 const POLICY = `
 resources:
@@ -33,6 +39,10 @@ const codeOf = (p: Promise<unknown>): Promise<string> =>
     () => 'resolved',
     (err: unknown) => (err instanceof ApiError ? err.code : String(err)),
   )
+/** Asserts that `p` rejects with ApiError `code`. */
+async function refused(t: Test, p: Promise<unknown>, code: string): Promise<void> {
+  t.equal(await codeOf(p), code, code)
+}
 const auth = { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' }
 
 t.test('issue and revoke answered 503 while Redis hangs, landed when it wakes: audited, the orphan grant revoked', async (t) => {
@@ -261,4 +271,94 @@ t.test('stopping after Redis woke, before the next read behind the write: the la
   t.match(events.find((e) => e.event === 'grant.revoked' && e.grant_id === orphanId), { actor: RECONCILE_ACTOR, reason: UNCONFIRMED_ISSUE_REASON })
   t.equal((await store.get(orphanId)).status, 'revoked', 'the orphan grant is revoked')
   t.same(logs.filter((l) => l.level === 'warn'), [], 'nothing left unknown')
+})
+
+t.test('workflow on a hung Redis: a late create is listed and swept; a late approval built on by a later one is audited', async (t) => {
+  const redis = await startRedis(t)
+  t.teardown(() => {
+    try {
+      redis.resume()
+    } catch {
+      // stopped already
+    }
+  })
+  const keyPrefix = 'uwr:'
+  const requestStore = (now: () => number) => createRedisRequestStore({ url: redis.url, keyPrefix, timeoutMs: 200, retentionMs: 24 * HOUR, now })
+  const ask = { resource: 'crm-api', scopes: ['GET /crm/customers/*'], durationMs: HOUR, reason: 'SUP-1: export broken' }
+  const ctx = { requestId: 'http-1' }
+  const until = async <T>(what: string, fn: () => T | undefined | Promise<T | undefined>): Promise<T> => {
+    const deadline = Date.now() + 10_000
+    for (;;) {
+      const value = await fn()
+      if (value !== undefined) return value
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+      await sleep(20)
+    }
+  }
+
+  t.test('a create sent into the hang: once Redis wakes, it is audited, listed, and swept to expired', async (t) => {
+    const h = await harness(t, { requestStore })
+    // A running gateway has written before: its scripts are in Redis's cache.
+    await h.service.create('acme', ask, ctx)
+    const before = h.audit.length
+
+    redis.pause()
+    await refused(t, h.service.create('acme', ask, ctx), 'store_unavailable')
+    await sleep(300)
+    redis.resume()
+
+    const created = await until('request.created', () => h.audit.slice(before).find((e) => e.event === 'request.created'))
+    const id = created.access_request_id as string
+    t.ok((await h.service.list()).some((r) => r.id === id), 'listed')
+    t.ok((await h.requests.listOpen()).some((r) => r.id === id), 'open, where the sweeper looks')
+    h.advance(24 * HOUR)
+    await h.service.sweep()
+    t.match(h.events('request.expired').find((e) => e.access_request_id === id), { actor: 'system' }, 'swept to expired')
+    t.match(await h.requests.get(id), { status: 'expired' })
+    t.equal(h.events('request.created').filter((e) => e.access_request_id === id).length, 1, 'created once')
+  })
+
+  t.test('replica A approves stage 1 into the hang; after Redis wakes, replica B approves stage 2 on top: both approvals audited once', async (t) => {
+    // A's reads behind its write stay unanswered until B has approved (as on a connection that
+    // comes back slower than B's): A then finds its approval under B's.
+    let aHangs = false
+    let aBlind = false
+    const a = await harness(t, {
+      requestStore,
+      wrapRequests: (store) =>
+        Object.assign(Object.create(store) as RequestStore, {
+          update: (r: AccessRequest) => {
+            if (aHangs) [aHangs, aBlind] = [false, true]
+            if (aBlind) redis.pause()
+            return store.update(r)
+          },
+          get: (id: string) => (aBlind ? Promise.reject(new StoreUnavailableError('redis get: no answer within 200 ms')) : store.get(id)),
+        }),
+    })
+    const b = await harness(t, { requestStore })
+    const r = await b.service.create('acme', ask, ctx)
+
+    aHangs = true
+    await refused(t, a.service.approve(r.id, localApprover('alice', true), 'stage 1 ok', ctx), 'store_unavailable')
+    await sleep(300)
+    redis.resume()
+    await until('alice\'s write', async () => ((await b.requests.get(r.id))?.version === 2 ? true : undefined))
+
+    const done = await b.service.approve(r.id, localApprover('carol', true), undefined, ctx)
+    t.match(done, { status: 'approved', version: 3, approvals: [{ approver: 'alice', stage: 0 }, { approver: 'carol', stage: 1 }] })
+    aBlind = false
+    t.match(await until('alice\'s approval_recorded', () => a.events('request.approval_recorded')[0]), {
+      actor: 'alice',
+      stage: 1,
+      comment: 'stage 1 ok',
+      access_request_id: r.id,
+    })
+    t.match(b.events('request.approval_recorded'), [{ actor: 'carol', stage: 2 }])
+    t.match(b.events('request.approved'), [{ actor: 'carol' }])
+    t.equal(b.events('grant.issued').length, 1)
+    await sleep(RECONCILE_EVERY_MS + 200)
+    t.equal(a.events('request.approval_recorded').length, 1, "alice's approval once")
+    t.equal(a.audit.length, 1, 'and nothing else from A')
+    t.equal(b.events('request.approval_recorded').length, 1, "carol's once")
+  })
 })

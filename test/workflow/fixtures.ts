@@ -134,6 +134,8 @@ export interface HarnessOptions {
   readonly wrapGrants?: (g: GrantService) => GrantService
   /** Wraps the request store (to inject faults). */
   readonly wrapRequests?: (r: RequestStore) => RequestStore
+  /** The request store, on the harness clock (default: a memory store); closed at teardown. */
+  readonly requestStore?: (now: () => number) => RequestStore
 }
 
 export async function harness(t: Test, opts: HarnessOptions = {}): Promise<Harness> {
@@ -142,7 +144,7 @@ export async function harness(t: Test, opts: HarnessOptions = {}): Promise<Harne
   const now = () => current
   let policy = policyWith(opts.principals ?? principals())
   const grantStore = createMemoryGrantStore({ timeoutMs: 1000, minTombstoneMs: 60_000, now })
-  const requests = createMemoryRequestStore({ timeoutMs: 1000, retentionMs: 24 * HOUR, now })
+  const requests = opts.requestStore ? opts.requestStore(now) : createMemoryRequestStore({ timeoutMs: 1000, retentionMs: 24 * HOUR, now })
   t.teardown(async () => {
     await requests.close()
     await grantStore.close()

@@ -69,6 +69,7 @@ export function requestStoreContract(t: Test, name: string, makeStores: MakeStor
         escalatedAt: Date.now(),
         review: { status: 'open' },
         extends: 'r_other',
+        writes: ['w1', 'w2'],
       })
       const { ticket: _t, escalateAt: _e, ...minimal } = makeRequest({ scopes: [] })
       await store.create(full)

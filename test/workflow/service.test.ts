@@ -4,9 +4,11 @@
  * HTTP, on Redis and across replicas, are in requests-api.test.ts and replicas.test.ts.
  */
 import t, { type Test } from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { ApiError } from '../../src/control/errors.js'
 import { StoreUnavailableError } from '../../src/grants/types.js'
-import type { AccessRequest, RequestStore } from '../../src/workflow/request-store.js'
+import { RECONCILE_EVERY_MS } from '../../src/control/grant-service.js'
+import type { AccessRequest, RequestFilter, RequestStore } from '../../src/workflow/request-store.js'
 import { localApprover } from '../../src/workflow/auth/approvers.js'
 import { HOUR, MINUTE, approvalPolicy, entitlement, harness, principals, subprocessor, window } from './fixtures.js'
 
@@ -412,4 +414,88 @@ t.test('a write the store confirms too late: the caller gets store_unavailable, 
   await settle()
   t.equal(g.events('request.denied').length, 0, 'nothing landed, nothing audited')
   t.match(await g.requests.get(pending.id), { status: 'pending' })
+})
+
+/**
+ * A request store that hangs as a stopped Redis does: while hung, every call fails at its deadline
+ * (at once, here), and the writes among them run when it wakes up, in the order they were sent, as
+ * Redis runs what is waiting on its sockets. The caller's reads behind a hung write fail as well.
+ */
+function hangingStore() {
+  let hung = false
+  let hangAtNextWrite = false
+  const sent: (() => Promise<unknown>)[] = []
+  const stats = { writesSent: 0, readsRefused: 0 }
+  const timedOut = (what: string) => new StoreUnavailableError(`redis ${what}: no answer within 250 ms`)
+  /** A write: run now, or (hung) kept to run at wake-up while its caller is told it timed out. */
+  const write = async <T>(what: string, run: () => Promise<T>): Promise<T> => {
+    if (hangAtNextWrite) [hung, hangAtNextWrite] = [true, false]
+    if (!hung) return run()
+    stats.writesSent++
+    sent.push(run)
+    throw timedOut(what)
+  }
+  const read = async <T>(what: string, run: () => Promise<T>): Promise<T> => {
+    if (!hung) return run()
+    stats.readsRefused++
+    throw timedOut(what)
+  }
+  return {
+    stats,
+    wrap: (inner: RequestStore): RequestStore =>
+      Object.assign(Object.create(inner) as RequestStore, {
+        create: (r: AccessRequest) => write('create', () => inner.create(r)),
+        update: (r: AccessRequest) => write('update', () => inner.update(r)),
+        get: (id: string) => read('get', () => inner.get(id)),
+        list: (filter?: RequestFilter) => read('list', () => inner.list(filter)),
+        listOpen: () => read('listOpen', () => inner.listOpen()),
+      }),
+    /** Hangs as the next write is sent: the reads before it were answered. */
+    hangAtNextWrite: () => void (hangAtNextWrite = true),
+    async wake(): Promise<void> {
+      hung = false
+      for (const run of sent.splice(0)) await run().catch(() => {})
+    },
+  }
+}
+
+t.test('an approval that lands after its deadline and is then built on by a later approval is audited, once', async (t) => {
+  const hang = hangingStore()
+  const h = await harness(t, { wrapRequests: hang.wrap })
+  const r = await h.service.create('acme', ask, ctx)
+
+  hang.hangAtNextWrite()
+  await refused(t, h.service.approve(r.id, alice, 'stage 1 ok', ctx), 'store_unavailable', "alice's approval is answered 503")
+  await sleep(50)
+  t.ok(hang.stats.readsRefused >= 1, 'the read behind the write found the store hung: the next one is a while away')
+  await hang.wake()
+  t.match(await h.requests.get(r.id), { version: 2, approvals: [{ approver: 'alice' }] }, "alice's write ran when the store woke up")
+
+  // Before the gateway reads behind alice's write again, carol's approval builds on it.
+  const done = await h.service.approve(r.id, carol, undefined, ctx)
+  t.match(done, { status: 'approved', version: 3, approvals: [{ approver: 'alice', stage: 0 }, { approver: 'carol', stage: 1 }] })
+  await sleep(RECONCILE_EVERY_MS + 300)
+  t.match(h.events('request.approval_recorded'), [{ actor: 'carol', stage: 2 }, { actor: 'alice', stage: 1, comment: 'stage 1 ok', request_id: 'http-1', access_request_id: r.id }])
+  t.equal(h.events('request.approval_recorded').length, 2, 'both approvals on record, each once')
+  t.match(h.events('request.approved'), [{ actor: 'carol' }])
+  t.equal(h.events('grant.issued').length, 1, 'one grant, issued by the final approval')
+  await sleep(RECONCILE_EVERY_MS + 100)
+  t.equal(h.audit.length, 5, 'and nothing more later')
+})
+
+t.test('two callers expiring one request while the store hangs: the same record either way, audited once', async (t) => {
+  const hang = hangingStore()
+  const h = await harness(t, { wrapRequests: hang.wrap })
+  const r = await h.service.create('acme', ask, ctx)
+  h.advance(24 * HOUR)
+
+  // Both read the overdue request; both expiries are sent into the hang and land in turn.
+  hang.hangAtNextWrite()
+  await Promise.all([refused(t, h.service.get(r.id), 'store_unavailable'), refused(t, h.service.get(r.id), 'store_unavailable')])
+  t.equal(hang.stats.writesSent, 2, 'both expiries were sent')
+  await sleep(50)
+  await hang.wake()
+  t.match(await h.requests.get(r.id), { status: 'expired', version: 2 }, 'the first ran; the second lost its compare-and-set')
+  await sleep(RECONCILE_EVERY_MS + 300)
+  t.equal(h.events('request.expired').length, 1, 'one request.expired, from the write that landed')
 })
