@@ -21,20 +21,75 @@ export function bounded(value: string): string {
   return value.slice(0, end) + TRUNCATION_MARK
 }
 
-/**
- * A compact JWS inside a string: `eyJ` (base64url of `{"`, its first letter possibly
- * percent-encoded) and the segments after it, their dots as is or percent-encoded once or more.
- * Client-controlled values (a path, a reason, a refused request line) can carry a token pasted by
- * mistake or on purpose; the trail never does. Signatures and hashes the gateway writes have no
- * dot, so they never match.
+/*
+ * Tokens in event fields. Client-controlled values (a path, a reason, a refused request line) can
+ * carry a JIT token pasted by mistake or on purpose; the trail never does. What is redacted is a
+ * real compact JWS: three dot-separated base64url segments whose first decodes to a JSON header
+ * with an `alg`, found as is or after percent-decoding (up to three layers: `e%79J`, `%252E`).
+ * Nothing else is touched: `heyJude.mp3`, an actor named `joeyJ.smith` or a scope stay as they are.
+ * The scan is linear in the value's length (runs of token characters are found by a regex that
+ * never backtracks across a run), and values are bounded before they are scanned.
  */
-const TOKEN_LIKE = /(?:e|%(?:25)*65)yJ[A-Za-z0-9_-]*(?:\.|%(?:25)*2[Ee])[A-Za-z0-9_.%-]*/g
+
 /** What replaces a token found in an event field. */
 export const REDACTED_TOKEN = '[redacted-token]'
 
-/** The string with anything shaped like a JWT replaced by {@link REDACTED_TOKEN}. */
+/** Runs of base64url characters and dots long enough to hold a JWS (`eyJ…` header, payload, signature). */
+const TOKEN_RUN = /[A-Za-z0-9_.-]{40,}/g
+const MIN_SIGNATURE = 16
+const MAX_HEADER_SEGMENT = 2048
+const PERCENT_ESCAPE = /%([0-9A-Fa-f]{2})/g
+const MAX_DECODINGS = 3
+
+/**
+ * The string with every compact JWS in it replaced by {@link REDACTED_TOKEN}. When the token shows
+ * only once percent-decoded, the decoded spelling is kept, with the token replaced.
+ */
 export function withoutTokens(value: string): string {
-  return value.includes('yJ') ? value.replace(TOKEN_LIKE, REDACTED_TOKEN) : value
+  if (!value.includes('eyJ') && !value.includes('%')) return value
+  let current = value
+  for (let round = 0; ; round++) {
+    const redacted = current.includes('eyJ') ? current.replace(TOKEN_RUN, redactRun) : current
+    if (redacted !== current) return redacted
+    if (round === MAX_DECODINGS || !current.includes('%')) return value
+    const decoded = current.replace(PERCENT_ESCAPE, decodeEscape)
+    if (decoded === current) return value
+    current = decoded
+  }
+}
+
+function decodeEscape(_: string, hex: string): string {
+  return String.fromCharCode(parseInt(hex, 16))
+}
+
+/** A run of token characters with each `header.payload.signature` triple in it replaced. */
+function redactRun(run: string): string {
+  if (!run.includes('eyJ')) return run
+  const segments = run.split('.')
+  let changed = false
+  for (let i = 0; i + 2 < segments.length; i++) {
+    const header = segments[i] as string
+    const at = header.indexOf('eyJ')
+    if (at === -1 || (segments[i + 1] as string).length === 0 || (segments[i + 2] as string).length < MIN_SIGNATURE) continue
+    // The token may be glued to what precedes it in the run (`/x/eyJ…` has no dot before it).
+    if (!isJwsHeader(header.slice(at))) continue
+    segments.splice(i, 3, header.slice(0, at) + REDACTED_TOKEN)
+    changed = true
+  }
+  return changed ? segments.join('.') : run
+}
+
+function isJwsHeader(segment: string): boolean {
+  if (segment.length > MAX_HEADER_SEGMENT) return false
+  const text = Buffer.from(segment, 'base64url').toString('utf8')
+  // Most runs that merely start like a token fail here, without the cost of a thrown parse error.
+  if (!text.endsWith('}') || !text.includes('"alg"')) return false
+  try {
+    const header: unknown = JSON.parse(text)
+    return header !== null && typeof header === 'object' && typeof (header as { alg?: unknown }).alg === 'string'
+  } catch {
+    return false
+  }
 }
 
 /**
@@ -57,14 +112,14 @@ export function isFlatAndBounded(fields: object): boolean {
   for (const key in fields) {
     const value = (fields as Record<string, unknown>)[key]
     if (typeof value === 'string') {
-      if (value.length > MAX_FIELD_LENGTH || value.includes('yJ')) return false
+      if (value.length > MAX_FIELD_LENGTH || value.includes('eyJ') || value.includes('%')) return false
     } else if (value === undefined || (value !== null && typeof value === 'object')) return false
   }
   return true
 }
 
 function boundValue(value: unknown): unknown {
-  if (typeof value === 'string') return bounded(withoutTokens(value))
+  if (typeof value === 'string') return withoutTokens(bounded(value))
   if (Array.isArray(value)) {
     const list = value.length > MAX_LIST_LENGTH ? [...value.slice(0, MAX_LIST_LENGTH), TRUNCATION_MARK] : value
     return list.map(boundValue)

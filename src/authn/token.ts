@@ -107,6 +107,12 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
       if (token.length > MAX_TOKEN_LENGTH || !COMPACT_JWS.test(token)) {
         return { ok: false, code: 'token_malformed', detail: 'not a compact JWS' }
       }
+      if (!isCanonical(token)) {
+        // base64url leaves the last character's low bits unused and decoders ignore them: without
+        // this check one token had 16 spellings, each its own cache entry and each missed by a
+        // filter looking for the one issued.
+        return { ok: false, code: 'token_malformed', detail: 'not canonical base64url' }
+      }
       let payload: JWTPayload
       try {
         ;({ payload } = await jwtVerify(token, jwks, { ...verifyOptions, currentDate: new Date(t) }))
@@ -133,6 +139,31 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
     },
   }
 }
+
+/**
+ * True when each of the three segments ends in a character whose unused low bits are zero
+ * (RFC 4648 §3.5: canonical encoding), as every encoder writes it.
+ */
+function isCanonical(token: string): boolean {
+  let start = 0
+  for (let i = 0; i < 3; i++) {
+    const dot = token.indexOf('.', start)
+    const end = dot === -1 ? token.length : dot
+    const length = end - start
+    if (length > 0) {
+      const rest = length % 4
+      if (rest === 1) return false
+      if (rest !== 0) {
+        const value = B64URL.indexOf(token.charAt(end - 1))
+        if ((value & (rest === 2 ? 0x0f : 0x03)) !== 0) return false
+      }
+    }
+    start = end + 1
+  }
+  return true
+}
+
+const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
 function mapJoseError(err: unknown): VerifyResult {
   if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'token_expired', detail: 'exp has passed' }
@@ -197,9 +228,7 @@ export function extractBearer(
  */
 export function queryWithoutToken(query: string, token: string): string {
   if (query === '') return query
-  const secret = token.slice(token.lastIndexOf('.') + 1)
-  // An unsigned or odd token: match the whole of it rather than nothing.
-  const needle = secret.length >= 16 ? secret : token
+  const needle = secretPart(token)
   if (!carries(query, needle)) return query
   const kept: string[] = []
   for (const param of query.slice(1).split('&')) {
@@ -212,6 +241,38 @@ export function queryWithoutToken(query: string, token: string): string {
   }
   return kept.length === 0 ? '' : `?${kept.join('&')}`
 }
+
+/**
+ * What makes a token usable, to look for in other places: its signature without the last character
+ * (whose low bits base64url leaves unused, so a copy with another last letter reveals it all the same).
+ * An unsigned or odd token: the whole of it rather than nothing.
+ */
+function secretPart(token: string): string {
+  const signature = token.slice(token.lastIndexOf('.') + 1)
+  return signature.length >= 17 ? signature.slice(0, -1) : token
+}
+
+/**
+ * `text` (a request path, for the audit) with every copy of the token's signature replaced by
+ * `marker`; the text itself when it holds none, which costs one substring search.
+ */
+export function withoutSecret(text: string, token: string, marker: string): string {
+  const needle = secretPart(token)
+  let at = text.indexOf(needle)
+  if (at === -1) return text
+  let out = ''
+  let from = 0
+  while (at !== -1) {
+    let end = at + needle.length
+    if (end < text.length && BASE64URL_CHAR.test(text.charAt(end))) end++
+    out += text.slice(from, at) + marker
+    from = end
+    at = text.indexOf(needle, from)
+  }
+  return out + text.slice(from)
+}
+
+const BASE64URL_CHAR = /[A-Za-z0-9_-]/
 
 /** Decoding rounds tried: `%252E` is `.` encoded twice; a third layer is no client's accident. */
 const MAX_DECODINGS = 3

@@ -26,7 +26,7 @@ import { REQUEST_STATUSES, type AccessRequest, type RequestStatus } from '../wor
 import { API_ERRORS, ApiError, auditedRefusals, sendJson } from './errors.js'
 import { bodyError, claimView, collect, durationField, readJson, stringField, type ApproverGrantActions, type MountContext, type MountedApi } from './server.js'
 import { isBareNumber } from '../util/duration.js'
-import { clientAddress } from '../util/client-address.js'
+import { clientAddress } from '../util/request.js'
 
 export interface RequestsApiDeps {
   readonly workflow: WorkflowService

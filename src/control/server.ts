@@ -17,7 +17,7 @@ import { isBareNumber, noUnitMessage, parseDuration } from '../util/duration.js'
 import { ID_PATTERN } from '../policy/schema.js'
 import { duplicateKey } from '../util/json-keys.js'
 import { serveConsole } from '../console/site.js'
-import { clientAddress } from '../util/client-address.js'
+import { clientAddress, pathOfTarget } from '../util/request.js'
 import { authorizationOf } from '../authn/token.js'
 
 export interface ControlPlaneDeps {
@@ -151,7 +151,13 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
     }
     const m = /^\/v1\/grants\/([^/]+)$/.exec(path)
     if (m) {
-      const id = decodeURIComponent(m[1] as string)
+      let id: string
+      try {
+        id = decodeURIComponent(m[1] as string)
+      } catch {
+        // `%E0%A4%A`: no grant id decodes from it.
+        throw new ApiError('grant_not_found')
+      }
       /** The revocation reason: body `{"reason"}` or `?reason=`, required. */
       const reasonOf = async (): Promise<string> => {
         const body = (req.headers['content-length'] ?? '0') !== '0' || req.headers['transfer-encoding'] ? await readJson(req) : {}
@@ -284,7 +290,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
           deps.audit.emit('admin.denied', {
             request_id: requestId,
             method: bounded(req.method ?? ''),
-            path: bounded((req.url ?? '').split('?', 1)[0] as string),
+            path: bounded(pathOfTarget(req.url ?? '')),
             status,
             code: err.code,
             client_ip: clientIp,

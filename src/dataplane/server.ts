@@ -18,7 +18,7 @@ import { bounded, type AuditLog } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
 import { writeDeny, writeDenyToSocket } from './respond.js'
 import type { ConnectionRegistry } from './connections.js'
-import { clientAddress } from '../util/client-address.js'
+import { clientAddress, pathOfTarget } from '../util/request.js'
 
 export interface DataPlaneDeps {
   readonly decider: Decider
@@ -73,7 +73,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       ...(d.grantId !== undefined ? { grant_id: d.grantId } : {}),
       ...(d.resource ? { resource: d.resource.id } : {}),
       method: bounded(req.method ?? ''),
-      path: d.path ?? bounded(pathOfTarget(req.url ?? '')),
+      path: d.auditPath ?? d.path ?? bounded(pathOfTarget(req.url ?? '')),
       status: DENY_CODES[d.code].status,
       code: d.code,
       detail: d.detail,
@@ -149,7 +149,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       grant_id: d.grant.id,
       resource: d.resource.id,
       method: bounded(req.method ?? ''),
-      path: d.path,
+      path: d.auditPath ?? d.path,
       status,
       ...(code !== 'ok' ? { code, detail: outcome.ok ? '' : bounded(outcome.detail) } : {}),
       client_ip: clientIp,
@@ -164,6 +164,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const requestId = randomUUID()
     const clientIp = clientAddress(req)
     socket.on('error', () => socket.destroy())
+    if (responsePending(socket)) {
+      // Pipelined behind a request still being answered: a 101 or a refusal now would be read as
+      // that request's answer, and its response would then land inside the tunnel.
+      socket.destroy()
+      const d: Deny = { allow: false, code: 'malformed_request', detail: `upgrade ${PIPELINED}` }
+      recordDeny(req, clientIp, d, requestId, started, 'websocket')
+      return
+    }
     if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
       const d: Deny = { allow: false, code: 'upgrade_not_supported', detail: `upgrade ${bounded(req.headers.upgrade ?? '')}` }
       writeDenyToSocket(socket, d.code, requestId)
@@ -185,7 +193,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       grant_id: d.grant.id,
       resource: d.resource.id,
       method: bounded(req.method ?? ''),
-      path: d.path,
+      path: d.auditPath ?? d.path,
       client_ip: clientIp,
       protocol: 'websocket' as const,
     }
@@ -230,23 +238,30 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // Malformed HTTP never reaches the pipeline: it is denied here, coded and audited like any
     // other denial, where the socket can still be answered.
     if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
-    const conn = socket as Socket & { _httpMessage?: unknown }
+    const conn = socket as Socket
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
       // The client never finished its headers (headersTimeout): a stalled connection, not a request.
-      if (conn._httpMessage != null) return void socket.destroy()
+      if (responsePending(socket)) return void socket.destroy()
       return void socket.end('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
     }
-    const requestId = randomUUID()
-    const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
     // Words go only to a connection nothing has been answered on and no response is pending for.
     // Otherwise the refusal would land inside an earlier response, or after it as an answer nobody
     // asked for (bad chunk bytes in the body of a request already answered): the connection is cut.
-    // The packet then may start with an earlier, valid request, so its line is not this one's.
-    const untouched = conn._httpMessage == null && conn.bytesWritten === 0
+    const untouched = !responsePending(socket) && conn.bytesWritten === 0
+    if (err.code === 'HPE_INVALID_EOF_STATE' && !untouched) {
+      // The client hung up in the middle of a body: the request it belongs to has its own event
+      // (client_aborted); this is no second request.
+      return void socket.destroy()
+    }
+    const requestId = randomUUID()
+    const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
     if (untouched) writeDenyToSocket(socket, code, requestId)
     else socket.destroy()
     countRequest('', 'deny', code)
-    const { method, path } = untouched ? requestLineOf(err.rawPacket) : NO_REQUEST_LINE
+    // The request line is audited only from the connection's very first packet: a later packet
+    // may start with an earlier request, or with bytes a client shaped to look like a request line.
+    const firstPacket = untouched && err.rawPacket !== undefined && conn.bytesRead === err.rawPacket.length
+    const { method, path } = firstPacket ? requestLineOf(err.rawPacket) : NO_REQUEST_LINE
     audit.emit('access.denied', {
       request_id: requestId,
       method,
@@ -263,8 +278,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // CONNECT asks for a tunnel to any host: a forward proxy's job, never this gateway's.
     const requestId = randomUUID()
     socket.on('error', () => socket.destroy())
-    const d: Deny = { allow: false, code: 'connect_not_supported', detail: 'CONNECT' }
-    writeDenyToSocket(socket, d.code, requestId)
+    const pending = responsePending(socket)
+    const d: Deny = { allow: false, code: 'connect_not_supported', detail: pending ? `CONNECT ${PIPELINED}` : 'CONNECT' }
+    if (pending) socket.destroy()
+    else writeDenyToSocket(socket, d.code, requestId)
     recordDeny(req, clientAddress(req), d, requestId, performance.now(), 'http')
   })
   return {
@@ -281,6 +298,13 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       return handlers.size
     },
   }
+}
+
+const PIPELINED = 'pipelined behind a request still being answered: connection cut'
+
+/** A response to an earlier request on this connection is still being written. */
+function responsePending(socket: Duplex): boolean {
+  return (socket as Duplex & { _httpMessage?: unknown })._httpMessage != null
 }
 
 const NO_REQUEST_LINE = Object.freeze({ method: '', path: '' })
@@ -302,15 +326,6 @@ function requestLineOf(raw: Buffer | undefined): { method: string; path: string 
   const m = REQUEST_LINE.exec(raw.subarray(0, REQUEST_LINE_SCAN).toString('latin1'))
   if (m === null) return NO_REQUEST_LINE
   return { method: m[1] as string, path: bounded(pathOfTarget(m[2] as string)) }
-}
-
-/**
- * The path of a request target as the audit shows it: never the query (it can carry credentials,
- * `?access_token=`, and takes no part in a decision) nor a fragment, which no client should send.
- */
-function pathOfTarget(target: string): string {
-  const end = target.search(/[?#]/)
-  return end === -1 ? target : target.slice(0, end)
 }
 
 function elapsed(started: number): number {

@@ -9,7 +9,8 @@ import { normalizePath } from '../policy/path.js'
 import { compileScopes, type ScopeSet } from '../policy/scope.js'
 import type { Policy, Resource } from '../policy/policy.js'
 import { assessGrant, checkGrantUse, type GrantStanding } from '../policy/entitlements.js'
-import { extractBearer, queryWithoutToken, type TokenClaims, type TokenVerifier } from '../authn/token.js'
+import { extractBearer, queryWithoutToken, withoutSecret, type TokenClaims, type TokenVerifier } from '../authn/token.js'
+import { REDACTED_TOKEN } from '../audit/line.js'
 import { isUnclaimed, type Grant, type GrantStore } from '../grants/types.js'
 import type { DenyCode } from './codes.js'
 
@@ -29,6 +30,8 @@ export interface Allow {
   readonly claims: TokenClaims
   /** The normalised path the scope check saw; forwarded as is. */
   readonly path: string
+  /** The path for the audit trail when it differs: a copy of the presented token's signature cut out. */
+  readonly auditPath?: string
   /** The query string including `?`, or `''`; it never takes part in a decision. */
   readonly query: string
   /** This request was the first use of a grant with a claim-by window: it started the grant's clock. */
@@ -43,6 +46,8 @@ export interface Deny {
   readonly subject?: string
   readonly grantId?: string
   readonly path?: string
+  /** As {@link Allow.auditPath}. */
+  readonly auditPath?: string
 }
 
 export type Decision = Allow | Deny
@@ -112,13 +117,16 @@ export function createDecider(deps: DeciderDeps): Decider {
 
       const bearer = extractBearer(input.rawHeaders)
       if (!bearer.ok) return { allow: false, code: bearer.code, detail: 'no usable bearer token', resource, path }
+      // A copy of the token's signature in the path (pasted there by mistake) stays out of the audit.
+      const auditPath = withoutSecret(path, bearer.token, REDACTED_TOKEN)
+      const where = auditPath === path ? { resource, path } : { resource, path, auditPath }
 
       const verified = await deps.verifier().verify(bearer.token, resource.id)
-      if (!verified.ok) return { allow: false, code: verified.code, detail: verified.detail, resource, path }
+      if (!verified.ok) return { allow: false, code: verified.code, detail: verified.detail, ...where }
       const claims = verified.claims
       // A copy of the token in the query string is never forwarded (the header's is dropped too).
       const query = queryWithoutToken(rawQuery, bearer.token)
-      const who = { resource, path, subject: claims.sub, grantId: claims.jti }
+      const who = { ...where, subject: claims.sub, grantId: claims.jti }
 
       let lookup
       try {
@@ -155,9 +163,9 @@ export function createDecider(deps: DeciderDeps): Decider {
           return { allow: false, code: 'store_unavailable', detail: 'grant store unavailable', ...who }
         }
         if (result === null) return { allow: false, code: 'grant_not_found', detail: 'the grant ended before its first use', ...who }
-        return { allow: true, resource, grant: result.grant, claims, path, query, ...(result.claimed ? { claimed: true as const } : {}) }
+        return { allow: true, ...where, grant: result.grant, claims, query, ...(result.claimed ? { claimed: true as const } : {}) }
       }
-      return { allow: true, resource, grant, claims, path, query }
+      return { allow: true, ...where, grant, claims, query }
     },
   }
 }

@@ -48,7 +48,8 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
  *   must not reach `POST /admin`;
  * - `expect`: Node's server has already answered `100-continue` to the client, and undici refuses
  *   to send the header at all.
- * `x-forwarded-*` and `x-jit-*` are matched by prefix in {@link isStrippedFromRequest}.
+ * `x-forwarded*`, `x-jit-*`, `x-auth-request-*` (oauth2-proxy's identity headers) and `x-envoy-*`
+ * are matched by prefix in {@link isStrippedFromRequest}.
  */
 const REQUEST_STRIPPED: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,
@@ -68,10 +69,38 @@ const REQUEST_STRIPPED: ReadonlySet<string> = new Set([
   'x-http-method',
   'x-method-override',
   'expect',
+  // More client-address, host, scheme, path and method claims that frameworks and proxies honour.
+  'forwarded-for',
+  'x-original-forwarded-for',
+  'client-ip',
+  'x-originating-ip',
+  'x-remote-ip',
+  'x-remote-addr',
+  'x-proxyuser-ip',
+  'x-host',
+  'x-http-host-override',
+  'x-original-host',
+  'front-end-https',
+  'x-url-scheme',
+  'x-scheme',
+  'x-override-url',
+  'x-original-method',
+  // Identity asserted by an authenticating proxy in front of the upstream: only the gateway's counts.
+  'remote-user',
+  'x-remote-user',
+  // Framework-internal (Next.js skips its middleware, auth included, for a subrequest).
+  'x-middleware-subrequest',
 ])
 
+/** Prefixes of header families only a trusted proxy sets (`x-forwarded` also catches the bare name). */
+const STRIPPED_PREFIXES = ['x-forwarded', 'x-jit-', 'x-auth-request-', 'x-envoy-'] as const
+
 function isStrippedFromRequest(name: string): boolean {
-  return REQUEST_STRIPPED.has(name) || name.startsWith('x-forwarded-') || name.startsWith('x-jit-')
+  if (REQUEST_STRIPPED.has(name)) return true
+  // Only `x-` names can be in a stripped family: most headers skip the prefix checks.
+  if (name.charCodeAt(0) !== 0x78 || name.charCodeAt(1) !== 0x2d) return false
+  for (const prefix of STRIPPED_PREFIXES) if (name.startsWith(prefix)) return true
+  return false
 }
 
 const NOT_PLAIN = /[^a-z0-9-]/

@@ -99,14 +99,32 @@ t.test('anything shaped like a JWT is redacted from event fields, however it is 
     [`/crm/%65${jwt.slice(1).replaceAll('.', '%252e')}`, `/crm/${REDACTED_TOKEN}`],
     [`Bearer ${jwt}`, `Bearer ${REDACTED_TOKEN}`],
     [`reason: pasted ${jwt} by mistake`, `reason: pasted ${REDACTED_TOKEN} by mistake`],
-    // Not tokens: ids, hashes and signatures the gateway writes itself (no dot after the run).
+    // The exact input of a finding: one escaped letter in each of the first two segments.
+    [`/crm/${jwt.replaceAll('eyJ', 'e%79J')}/%2F`, `/crm/${REDACTED_TOKEN}//`],
+    [`/crm/${jwt.replaceAll('eyJ', 'e%2579J')}`, `/crm/${REDACTED_TOKEN}`],
+    [`h${jwt}`, `h${REDACTED_TOKEN}`],
+    // Not tokens, left exactly as they are (the exact inputs of a finding: these were mangled).
     ['g_eyJabc123', 'g_eyJabc123'],
     ['sig eyJ3dGYiOnRydWV9abcDEF-_', 'sig eyJ3dGYiOnRydWV9abcDEF-_'],
     ['/plain/path', '/plain/path'],
+    ['/crm/music/heyJude.mp3', '/crm/music/heyJude.mp3'],
+    ['/crm/moneyJar.v2.json', '/crm/moneyJar.v2.json'],
+    ['operator:joeyJ.smith', 'operator:joeyJ.smith'],
+    ['ticket keyJ.7 approved', 'ticket keyJ.7 approved'],
+    ['GET /crm/heyJude.mp3', 'GET /crm/heyJude.mp3'],
+    ['/a%20b/eyJnb3RhIjoiaGVhZGVyIn0.eyJ4IjoxfQ.c2lnbmF0dXJlc2lnbmF0dXJl', '/a%20b/eyJnb3RhIjoiaGVhZGVyIn0.eyJ4IjoxfQ.c2lnbmF0dXJlc2lnbmF0dXJl'],
+    ['/a%20b', '/a%20b'],
   ]
   for (const [input, expected] of cases) t.equal(withoutTokens(input), expected, expected)
   const copied: Record<string, unknown> = {}
   copyBounded({ path: `/x;t=${jwt}`, details: [`a ${jwt}`], nested: { reason: jwt } }, copied)
   t.notOk(JSON.stringify(copied).includes('c2lnbmF0dXJl'), 'redacted at any depth')
   t.notOk(toLine(copied).includes(jwt.split('.')[2] as string))
+  // Long adversarial values (a 16 KB `eyJeyJ…` path made the old pattern quadratic) are bounded
+  // first and scanned once: the result is just the bounded value.
+  const long = 'eyJ'.repeat(5000)
+  t.equal(withoutTokens(bounded(long)), bounded(long))
+  const copiedLong: Record<string, unknown> = {}
+  copyBounded({ path: `/${long}` }, copiedLong)
+  t.equal(copiedLong.path, bounded(`/${long}`))
 })

@@ -71,6 +71,17 @@ t.test('issue → verify round trip, and every failure code', async (t) => {
   t.match(await verifier.verify(`${h}.${p}`, 'crm-api'), { ok: false, code: 'token_malformed' })
   t.match(await verifier.verify('a.b.c', 'crm-api'), { ok: false, code: 'token_malformed' })
   t.match(await verifier.verify(`${h}.${p}.${s}.x`, 'crm-api'), { ok: false, code: 'token_malformed' })
+  // The exact input of a finding: another last letter with the same 2 significant bits verified too.
+  const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  const respell = (seg: string) => {
+    const v = B64.indexOf(seg.at(-1) as string)
+    return seg.slice(0, -1) + (B64[v ^ 1] as string)
+  }
+  t.equal(s.length % 4, 2, 'an Ed25519 signature leaves 4 bits unused')
+  t.match(await verifier.verify(`${h}.${p}.${respell(s)}`, 'crm-api'), { ok: false, code: 'token_malformed', detail: 'not canonical base64url' })
+  if (h.length % 4 !== 0) t.match(await verifier.verify(`${respell(h)}.${p}.${s}`, 'crm-api'), { ok: false, code: 'token_malformed' })
+  if (p.length % 4 !== 0) t.match(await verifier.verify(`${h}.${respell(p)}.${s}`, 'crm-api'), { ok: false, code: 'token_malformed' })
+  t.ok((await verifier.verify(token, 'crm-api')).ok, 'the token as issued still verifies')
 
   // A token signed by someone else's key, a wrong typ, a wrong issuer, alg none, HS256.
   const other = await generateSigningKey()

@@ -2,7 +2,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { createLocalJWKSet, jwtVerify } from 'jose'
-import { startTestGateway, call, ADMIN_TOKEN } from '../helpers/gateway.js'
+import { startTestGateway, call, rawCall, ADMIN_TOKEN } from '../helpers/gateway.js'
 
 const POLICY = `
 resources:
@@ -94,6 +94,15 @@ t.test('list and get never return tokens; a revocation needs a reason', async (t
   t.equal((await call(`${g.controlUrl}/v1/grants/g_unknown00000000000`, { token: ADMIN_TOKEN, method: 'DELETE', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'x' }) })).status, 404)
   t.equal((await call(`${g.controlUrl}/v1/grants/g_unknown00000000000`, { token: ADMIN_TOKEN })).status, 404)
   t.equal((await call(`${g.controlUrl}/v1/grants/..%2f..%2fetc`, { token: ADMIN_TOKEN })).status, 404)
+  // The exact inputs of a finding: a malformed escape was a 500 with no audit event, and a
+  // fragment reached the audited path.
+  const bad = await rawCall(g.controlUrl, '/v1/grants/%E0%A4%A')
+  t.match(bad, { status: 404, json: { error: { code: 'grant_not_found' } } })
+  t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.path === '/v1/grants/%E0%A4%A' && e.code === 'grant_not_found'), 'audited')
+  const fragment = await rawCall(g.controlUrl, '/nope#access=opaque-secret-123', { token: ADMIN_TOKEN })
+  t.equal(fragment.status, 404)
+  t.ok(g.audit.some((e) => e.event === 'admin.denied' && e.path === '/nope'), 'the fragment is not audited')
+  t.notOk(g.auditText().includes('opaque-secret-123'))
 })
 
 t.test('JWKS verifies the issued tokens; readyz shows the policy version', async (t) => {

@@ -243,6 +243,8 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
     // The exact inputs of a finding: the token in a fragment or a `;` parameter reached the audited path.
     { name: 'token in a fragment', code: 'path_rejected', path: `/crm/customers/1#access_token=${crm.token}`, token: crm.token },
     { name: 'token in a ; parameter', code: 'scope_denied', path: `/crm/admin;access_token=${crm.token}`, token: crm.token },
+    { name: 'its signature pasted in the path', code: 'scope_denied', path: `/crm/admin/${crm.token.split('.')[2]}`, token: crm.token },
+    { name: 'escaped letters in the token in the path', code: 'path_rejected', path: `/crm/${crm.token.replaceAll('eyJ', 'e%79J')}/%2F`, token: crm.token },
   ]
   for (const c of cases) {
     const res = await rawCall(g.dataUrl, c.path, { method: c.method ?? 'GET', ...(c.token ? { token: c.token } : {}), ...(c.headers ? { headers: c.headers } : {}) })
@@ -263,6 +265,7 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
     t.match(metrics.text, new RegExp(`jitgate_requests_total\\{resource="[^"]*",decision="deny",code="${code}"\\} \\d+`), `metric for ${code}`)
   }
   t.notOk(g.auditText().includes(crm.token), 'tokens never logged, even rejected ones')
+  t.notOk(g.auditText().includes((crm.token.split('.')[2] as string).slice(0, -1)), 'nor their signature')
 })
 
 /** Writes each piece after the server has had time to answer the one before; resolves once it closes. */
@@ -364,9 +367,25 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
     t.notOk(String(ev.path).includes(grant.token.split('.')[2] as string), `no token in the path of ${target.slice(0, 20)}…`)
   }
   t.notOk(g.auditText().includes(grant.token.split('.')[2] as string), 'no token in the audit, even from a refused request line')
+
+  // The exact input of a finding: a request line in the connection's first packet, and in the
+  // second a shaped "request line" (really a header value) followed by a bad header. The audit
+  // must not show the shaped method and path.
+  const forged = await exchangeInSteps(g.dataUrl, ['GET /crm/the-real-target HTTP/1.1\r\nHost: x\r\nX-A: ', 'DELETE /crm/admin/forged-target HTTP/1.1\r\nBad Header: y\r\n\r\n'])
+  const forgedId = /"request_id":"([^"]+)"/.exec(forged)?.[1]
+  t.match(await g.waitForEvent((e) => e.request_id === forgedId), { code: 'malformed_request', method: '', path: '' }, 'no forged method or path')
+
+  // A client that hangs up in the middle of a body: one event (the request's own), no second 400.
+  const malformedBefore = g.audit.filter((e) => e.code === 'malformed_request').length
+  const eofGrant = await g.issue({ resource: 'crm-api', scopes: ['POST /crm/**'], ttl: '10m' })
+  await exchangeInSteps(g.dataUrl, [`POST /crm/tickets/eof HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${eofGrant.token}\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(1024)}`])
+  const eofEvent = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/crm/tickets/eof')
+  t.match(eofEvent, { code: 'client_aborted' })
+  await sleep(200)
+  t.equal(g.audit.filter((e) => e.code === 'malformed_request').length, malformedBefore, 'no malformed_request for the hang-up')
   const metrics = (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
-  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 7/)
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 8/)
 })
 
 t.test('CONNECT and a second Host header are refused, coded and audited, nothing forwarded', async (t) => {
@@ -385,6 +404,24 @@ t.test('CONNECT and a second Host header are refused, coded and audited, nothing
   t.match(await g.waitForEvent((e) => e.request_id === hostsId), { event: 'access.denied', code: 'malformed_request', detail: 'more than one Host header', path: '/crm/customers/1' })
   t.equal(upstream.received.length, before, 'nothing was forwarded')
   t.notOk(g.auditText().includes(grant.token), 'no token in the audit')
+
+  // The exact inputs of a finding: CONNECT or an upgrade pipelined behind a request still being
+  // answered got its answer first on the wire (read as the slow request's), or a tunnel in which
+  // the slow response then landed. The connection is cut instead, and the refusal audited.
+  const slow = await g.issue({ resource: 'slow', scopes: ['GET /slow/**'], ttl: '10m' })
+  const ws = await g.issue({ resource: 'billing-ws', scopes: ['GET /billing/**'], ttl: '10m' })
+  const behind = `GET /slow/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${slow.token}\r\n\r\n`
+  const followers: [string, string, RegExp][] = [
+    ['CONNECT', 'CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n', /^CONNECT pipelined/],
+    ['allowed upgrade', `GET /billing/ws HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${ws.token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`, /^upgrade pipelined/],
+    ['h2c upgrade', 'GET /nope HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n', /^upgrade pipelined/],
+  ]
+  for (const [name, follower, detail] of followers) {
+    const text = await rawExchange(g.dataUrl, behind + follower)
+    t.notMatch(text, /HTTP\/1\.1 (101|4\d\d) /, `${name}: nothing answered ahead of the slow request`)
+    t.ok(await g.waitForEvent((e) => e.event === 'access.denied' && detail.test(String(e.detail))), `${name}: audited as cut`)
+  }
+  t.equal(upstream.received.filter((r) => r.url.startsWith('/billing')).length, 0, 'no tunnel was opened')
 })
 
 t.test('upstream failures after an allowed decision: 502 and 504, coded', async (t) => {

@@ -8,3 +8,13 @@ import type { IncomingMessage } from 'node:http'
 export function clientAddress(req: IncomingMessage): string {
   return (req.socket as IncomingMessage['socket'] | null)?.remoteAddress ?? ''
 }
+
+/**
+ * The path of a request target as an audit event shows it: never the query (it can carry
+ * credentials, `?access_token=`, and takes no part in a decision) nor a fragment, which no client
+ * should send and which can carry one too.
+ */
+export function pathOfTarget(target: string): string {
+  const end = target.search(/[?#]/)
+  return end === -1 ? target : target.slice(0, end)
+}
