@@ -9,12 +9,13 @@
  */
 
 import { randomFillSync } from 'node:crypto'
+import { createRequire } from 'node:module'
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { performance } from 'node:perf_hooks'
 import httpProxy from 'http-proxy'
-import { Pool } from 'undici'
+import { Pool, buildConnector } from 'undici'
 import type { Dispatcher } from 'undici'
 import { buildDownstreamHeaders, type ParsedHeaders } from './headers.js'
 
@@ -119,12 +120,55 @@ const CLIENT_GONE = 'client closed the connection'
 /** Node's own request-target check (`INVALID_PATH_REGEX`): http-proxy's request line is not validated again. */
 const INVALID_PATH = /[^\u0021-\u00ff]/
 
+/*
+ * undici 7 (the line that runs on Node 20) throws an uncatchable AssertionError from a socket's
+ * 'end' listener when an upstream closes its connection after a response (`Connection: close`,
+ * HTTP/1.0, a close-delimited body) while the response parser is paused for backpressure
+ * (nodejs/undici#5360, fixed in undici 8, which needs Node 22). A departed client did take the
+ * gateway down that way: a write to its destroyed response refused the bytes, the parser was
+ * paused for a 'drain' that never comes, and the upstream's FIN ended the process. The handler
+ * now never pauses for a departed client (see `onResponseData`); as a second line, every upstream
+ * socket gets an 'end' listener ahead of undici's that resumes a still-paused parser, with
+ * {@link upstreamEnding} set so the handler does not pause it again: the response's last bytes,
+ * already in memory, go to Node's buffer for the client, and undici finishes the response as it
+ * would have unpaused. Should undici's internals change shape, the listener does nothing.
+ */
+const { kParser } = createRequire(import.meta.url)('undici/lib/core/symbols.js') as { kParser: symbol }
+
+interface PausableParser {
+  readonly paused: boolean
+  resume(): void
+}
+
+/** True while an upstream connection's end is being processed: no response may pause then. */
+let upstreamEnding = false
+
+function resumeBeforeEnd(this: Socket): void {
+  const parser = (this as Socket & Record<symbol, PausableParser | null | undefined>)[kParser]
+  if (parser == null || !parser.paused) return
+  upstreamEnding = true
+  try {
+    parser.resume()
+  } finally {
+    upstreamEnding = false
+  }
+}
+
+function connectorWith(timeoutMs: number): buildConnector.connector {
+  const connect = buildConnector({ timeout: timeoutMs })
+  return (options, callback) =>
+    connect(options, (...args) => {
+      args[1]?.prependListener('end', resumeBeforeEnd)
+      callback(...args)
+    })
+}
+
 /** Creates a forwarder. Each instance owns its pools; tests build their own. */
 export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
   const poolOptions: Pool.Options = {
     connections: opts.connectionsPerOrigin ?? 128,
     keepAliveTimeout: opts.keepAliveTimeoutMs ?? 4_000,
-    connect: { timeout: opts.connectTimeoutMs ?? 5_000 },
+    connect: connectorWith(opts.connectTimeoutMs ?? 5_000),
   }
   const pools = new Map<string, Pool>()
   const proxy = httpProxy.createProxyServer({ ws: true, xfwd: false })
@@ -147,6 +191,9 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
     forward(req, res, target) {
       const started = performance.now()
       if (closed) return Promise.resolve(failure('upstream_unavailable', started, 'forwarder closed', false))
+      // The client left while the request was being decided: its 'close' has been emitted already,
+      // and nobody would read the upstream's answer.
+      if (res.destroyed) return Promise.resolve(failure('client_aborted', started, CLIENT_GONE, true))
       let pool: Pool
       try {
         pool = poolFor(target.origin)
@@ -271,7 +318,13 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.res.write(chunk)) {
+    if (this.res.destroyed) {
+      // The client is gone ('close' follows on the next tick): waiting for a 'drain' that never
+      // comes would leave the upstream response paused.
+      this.abandon('client_aborted', CLIENT_GONE)
+      return
+    }
+    if (!this.res.write(chunk) && !upstreamEnding && !controller.paused) {
       controller.pause()
       this.res.once('drain', this.onDrain)
     }

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { createServer as createNetServer, connect as netConnect, type AddressInfo, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import { Client, type Dispatcher } from 'undici'
 import { WebSocket, WebSocketServer } from 'ws'
@@ -100,7 +100,7 @@ interface Gateway {
 async function startGateway(
   t: Test,
   upstreamOrigin: string,
-  opts: { timeoutMs?: number; forwarder?: ReturnType<typeof createForwarder> } = {},
+  opts: { timeoutMs?: number; forwarder?: ReturnType<typeof createForwarder>; delayMs?: number } = {},
 ): Promise<Gateway> {
   const forwarder = opts.forwarder ?? createForwarder()
   t.teardown(() => forwarder.close())
@@ -126,7 +126,9 @@ async function startGateway(
   })
   const status = (code: string) => (code === 'upstream_timeout' ? 504 : 502)
 
-  const server = createServer((req, res) => {
+  // The pipeline decides before it forwards (a store round trip): a client can leave meanwhile.
+  const delayed = (fn: () => void) => (opts.delayMs === undefined ? fn() : void setTimeout(fn, opts.delayMs))
+  const server = createServer((req, res) => delayed(() => {
     void forwarder.forward(req, res, target(req, false)).then((outcome) => {
       if (!outcome.ok && !outcome.responseStarted) {
         res.writeHead(status(outcome.code), { 'content-type': 'application/json' })
@@ -134,7 +136,7 @@ async function startGateway(
       }
       outcomes.put(outcome)
     })
-  })
+  }))
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     sockets.put(socket)
     void forwarder.upgrade(req, socket, head, target(req, true)).then((outcome) => {
@@ -556,6 +558,77 @@ function dropped(socket: Socket, onDropped: () => void): void {
     onDropped()
   })
 }
+
+/**
+ * An upstream that answers every request HTTP/1.0 style: the body, then it closes the connection
+ * (python's http.server does this). `framing` picks Content-Length or a close-delimited body.
+ */
+async function startClosingUpstream(t: Test, body: Buffer, framing: 'length' | 'eof'): Promise<string> {
+  const server = createNetServer((socket) => {
+    socket.on('error', () => socket.destroy())
+    socket.once('data', () => {
+      // Head, body and FIN in one go: the gateway reads the FIN with the last bytes.
+      const head = `HTTP/1.0 200 OK\r\ncontent-type: application/octet-stream\r\n${framing === 'length' ? `content-length: ${body.length}\r\n` : ''}\r\n`
+      socket.end(Buffer.concat([Buffer.from(head), body]))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const sockets = new Set<Socket>()
+  server.on('connection', (s) => (sockets.add(s), s.on('close', () => sockets.delete(s))))
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    return new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+/** A raw GET to the front; reads nothing for `stallMs`, then everything; resolves with the body length. */
+function slowGet(origin: string, stallMs: number): Promise<number> {
+  const u = new URL(origin)
+  return new Promise((resolve, reject) => {
+    const socket = netConnect(Number(u.port), u.hostname, () => socket.write('GET /big HTTP/1.0\r\nHost: a\r\n\r\n'))
+    const chunks: Buffer[] = []
+    socket.pause()
+    setTimeout(() => socket.resume(), stallMs)
+    socket.on('data', (c: Buffer) => chunks.push(c))
+    socket.on('error', reject)
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks)
+      resolve(text.length - (text.indexOf('\r\n\r\n') + 4))
+    })
+  })
+}
+
+t.test('an upstream that closes after each response, with a slow or vanishing client, never takes the gateway down', async (t) => {
+  // The exact inputs of a finding: python's http.server upstream, a client that sent a request
+  // and closed at once. undici's parser, paused for backpressure (a 40 KiB chunk is more than the
+  // client response's buffer takes) when the upstream's FIN had already been read with the last
+  // bytes, threw an uncatchable AssertionError (nodejs/undici#5360) and the process died.
+  for (const [framing, size] of [['length', 6], ['eof', 6], ['length', 40 * 1024], ['eof', 40 * 1024], ['length', 100 * 1024], ['eof', 100 * 1024], ['length', 96 * 1024], ['eof', 96 * 1024], ['length', 1024 * 1024], ['eof', 1024 * 1024]] as const) {
+    const body = Buffer.alloc(size, 0x61)
+    const upstream = await startClosingUpstream(t, body, framing)
+    const gw = await startGateway(t, upstream, { delayMs: 30 })
+    const u = new URL(gw.origin)
+    for (let i = 0; i < 10; i++) {
+      // Half-closed right after the request (as a script's `sock.close()` does), then gone.
+      const socket = netConnect(Number(u.port), u.hostname, () => {
+        socket.write('GET /big HTTP/1.1\r\nHost: a\r\n\r\n')
+        if (i % 2 === 0) socket.end()
+        setTimeout(() => socket.destroy(), i % 2 === 0 ? 300 : i * 5)
+      })
+      socket.on('error', () => {})
+      socket.on('data', () => {})
+      const outcome = await gw.outcomes.next()
+      t.ok(outcome.ok || outcome.code === 'client_aborted', `${framing} ${size}: vanishing client ${i}: ${outcome.ok ? 'ok' : outcome.code}`)
+    }
+    // A slow reader: the response is paused for backpressure again and again, the upstream's FIN
+    // arrives meanwhile, and the whole body still reaches the client.
+    for (const stallMs of [300, 50]) {
+      t.equal(await slowGet(gw.origin, stallMs), body.length, `${framing} ${size}: slow client (${stallMs} ms) gets the whole body`)
+      t.match(await gw.outcomes.next(), { ok: true, status: 200 })
+    }
+  }
+})
 
 t.test('WebSocket', async (t) => {
   t.test('echo through the tunnel; handshake headers prepared like any request', async (t) => {
