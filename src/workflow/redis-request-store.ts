@@ -7,6 +7,8 @@
  *   P{requests}:index         sorted set of request ids scored by createdAt, for list()
  *   P{requests}:open          the same for pending requests and open reviews, for listOpen() (the
  *                             sweeper)
+ *   P{requests}:moving        set of the ids copied from the earlier layout (below) whose earlier
+ *                             key is not yet known to be retired
  *   Ponce:<key>               single-use claims (assertion jti, TOTP code), SET NX PX
  *   P{<key>}:attempts         attempt counters (TOTP codes tried per approver), INCR with a PX window
  * Every key of the requests shares the `{requests}` hash tag, so a record and its index entries
@@ -19,8 +21,16 @@
  * The earlier layout gave each request a hash tag of its own (`P{r_…}:request`) and kept the
  * indexes (`Prequests`, `Prequests:open`) outside it. A request found there is moved into this
  * layout on first sight (get, list, listOpen: the sweeper's next pass moves every open one), with
- * the retention it had left. Replicas of the earlier layout do not see requests created or moved
- * by this one: upgrade them together.
+ * the retention it had left. Its keys are in other slots than this layout's, so a move is several
+ * one-slot steps (see `adopt`): copy (never over a record already here, never twice), then retire
+ * the earlier key by compare-and-swap, replacing the exact value copied with a marker
+ * (`{"movedTo":…}`, its TTL kept) that no reader takes for a request and no earlier-layout writer's
+ * compare-and-set accepts (it has no version). A change an earlier-layout writer made in between is
+ * carried over into the copy, if the copy is still unchanged here; a change nothing can carry
+ * (both layouts written since the copy) is reported through onError, the copy kept. An id in
+ * `moving` is never copied again (so a copy that reached its retention stays gone even if the
+ * earlier key was never retired), and list/listOpen finish its move (the sweeper's next pass).
+ * Replicas of the earlier layout must be stopped before replicas of this one serve: see the README.
  *
  * Failure policy as in the grant store: no offline queue, no command replay, a deadline on every
  * operation, failures surface as StoreUnavailableError.
@@ -80,6 +90,68 @@ return 1
 `
 
 /**
+ * KEYS: request, index, open index, moving set. ARGV: id, JSON, PX in ms or "0" for no expiry,
+ * createdAt, "1" when the request is open. The copy step of a move from the earlier layout: marks
+ * the id as moving and writes the record and its index entries, unless the id was marked before (a
+ * copy was made already: the record here may have reached its retention since, and must not come
+ * back) or a record is here. Returns 1 when written, 0 otherwise.
+ */
+const ADOPT_LUA = `
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+local set
+if ARGV[3] == '0' then
+  set = redis.call('SET', KEYS[1], ARGV[2], 'NX')
+else
+  set = redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3], 'NX')
+end
+if not set then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+if ARGV[5] == '1' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
+return 1
+`
+
+/**
+ * KEYS: request, index, open index. ARGV: expected JSON (the copy), next JSON, PX in ms or "0" for
+ * no expiry, id, createdAt, "1" when the next record is open. Carries a change the earlier layout
+ * received after the copy into it: writes the record and its index entries only if the record is
+ * still exactly the copy (nobody wrote it here since). Returns 1 when written, 0 otherwise.
+ */
+const CARRY_LUA = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+else
+  redis.call('ZREM', KEYS[3], ARGV[4])
+end
+return 1
+`
+
+/** KEYS: earlier-layout request. Its value (or nil) and PTTL, read together. */
+const LEGACY_READ_LUA = `
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+`
+
+/**
+ * KEYS: earlier-layout request. ARGV: expected JSON (the value copied), marker. Retires the key:
+ * replaces the value with the marker, keeping the TTL, only if it is still exactly the value
+ * copied. Returns {1} when retired, else {0, current value or nil, its PTTL}.
+ */
+const LEGACY_RETIRE_LUA = `
+local raw = redis.call('GET', KEYS[1])
+if raw == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return {1}
+end
+return {0, raw, redis.call('PTTL', KEYS[1])}
+`
+
+/**
  * KEYS: counter. ARGV: window ms. Counts one attempt; a new counter (or one left without an expiry)
  * gets the window, so the count of one window can never outlive it. Returns the count.
  */
@@ -92,11 +164,49 @@ return n
 interface ScriptedRedis extends Redis {
   jitgateRequestCreate(key: string, indexKey: string, openKey: string, id: string, json: string, pxMs: string, createdAt: number, open: '1' | '0'): Promise<number>
   jitgateRequestUpdate(key: string, openKey: string, expectedVersion: number, json: string, pxMs: string, id: string, createdAt: number, open: '1' | '0'): Promise<number>
+  jitgateRequestAdopt(key: string, indexKey: string, openKey: string, movingKey: string, id: string, json: string, pxMs: string, createdAt: number, open: '1' | '0'): Promise<number>
+  jitgateRequestCarry(key: string, indexKey: string, openKey: string, expectedJson: string, json: string, pxMs: string, id: string, createdAt: number, open: '1' | '0'): Promise<number>
+  jitgateLegacyRead(key: string): Promise<[string | null, number]>
+  jitgateLegacyRetire(key: string, expectedJson: string, marker: string): Promise<[1] | [0, string | null, number]>
   jitgateAttempt(key: string, windowMs: number): Promise<number>
 }
 
+/** For tests only: a step of moving a request of the earlier layout can be interleaved or failed. */
+export interface RedisRequestStoreHooks {
+  /** Runs after the copy into this layout, before the earlier key is retired; a throw stops the move there. */
+  readonly afterAdoptCopy?: (id: string) => Promise<void> | void
+}
 
-export function createRedisRequestStore(opts: RedisRequestStoreOptions): RequestStore {
+/** Rounds of carrying earlier-layout changes into a move before it gives up (the next pass goes on). */
+const MAX_ADOPT_ROUNDS = 8
+
+/** What an earlier-layout key holds once its request has moved: `{"movedTo": key}`, never a request. */
+const isMoved = (v: unknown): boolean => typeof v === 'object' && v !== null && 'movedTo' in v
+
+/** A stored value as a request; undefined for a moved marker. */
+const parseStored = (json: string): AccessRequest | undefined => {
+  const v = JSON.parse(json) as unknown
+  return isMoved(v) ? undefined : (v as AccessRequest)
+}
+
+const writesOf = (r: AccessRequest): readonly string[] => r.writes ?? []
+const isPrefix = (a: readonly string[], b: readonly string[]): boolean => a.length <= b.length && a.every((w, i) => b[i] === w)
+
+/**
+ * True when `later` is `earlier` plus writes of the earlier layout's replicas only: those raise the
+ * version but never name themselves in `writes` (they predate it), so `writes` is unchanged.
+ */
+const builtOnInEarlierLayout = (later: AccessRequest, earlier: AccessRequest): boolean =>
+  later.version > earlier.version && writesOf(later).length === writesOf(earlier).length && isPrefix(writesOf(earlier), writesOf(later))
+
+/** True when `later` is `earlier` plus writes of this version only: each names itself in `writes`. */
+const builtOnHere = (later: AccessRequest, earlier: AccessRequest): boolean =>
+  later.version > earlier.version &&
+  writesOf(later).length === writesOf(earlier).length + (later.version - earlier.version) &&
+  isPrefix(writesOf(earlier), writesOf(later))
+
+
+export function createRedisRequestStore(opts: RedisRequestStoreOptions, hooks: RedisRequestStoreHooks = {}): RequestStore {
   const now = opts.now ?? Date.now
   const onError = opts.onError ?? (() => {})
   const { timeoutMs, keyPrefix: prefix } = opts
@@ -104,6 +214,7 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
   const requestKey = (id: string): string => `${tag}:request:${id}`
   const indexKey = `${tag}:index`
   const openKey = `${tag}:open`
+  const movingKey = `${tag}:moving`
   // The earlier layout: see the module comment.
   const legacyRequestKey = (id: string): string => `${prefix}{${id}}:request`
   const legacyIndexKey = `${prefix}requests`
@@ -121,6 +232,10 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
     setup(c) {
       c.defineCommand('jitgateRequestCreate', { numberOfKeys: 3, lua: CREATE_LUA })
       c.defineCommand('jitgateRequestUpdate', { numberOfKeys: 2, lua: UPDATE_LUA })
+      c.defineCommand('jitgateRequestAdopt', { numberOfKeys: 4, lua: ADOPT_LUA })
+      c.defineCommand('jitgateRequestCarry', { numberOfKeys: 3, lua: CARRY_LUA })
+      c.defineCommand('jitgateLegacyRead', { numberOfKeys: 1, lua: LEGACY_READ_LUA })
+      c.defineCommand('jitgateLegacyRetire', { numberOfKeys: 1, lua: LEGACY_RETIRE_LUA })
       c.defineCommand('jitgateAttempt', { numberOfKeys: 1, lua: ATTEMPT_LUA })
     },
   })
@@ -142,11 +257,11 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
     const found: AccessRequest[] = []
     const stale: string[] = []
     values.forEach((json, i) => {
-      if (json == null) {
+      const r = json == null ? undefined : parseStored(json)
+      if (r === undefined) {
         stale.push(ids[i] as string)
         return
       }
-      const r = JSON.parse(json) as AccessRequest
       if (keep(r)) found.push(r)
       else if (key === openKey) stale.push(r.id)
     })
@@ -154,30 +269,97 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
     return found.sort(byNewest)
   }
 
+  /** PX of a copy: the retention the earlier key had left ("0": none). */
+  const pxLeft = (pttl: number): string => (pttl === -1 ? '0' : String(Math.max(1, pttl)))
+
   /**
-   * Moves a request of the earlier layout into this one, with the retention it had left; undefined
-   * when there is none. Its keys are in other slots, so this is a copy (which never overwrites a
-   * request already moved) and then a delete, not one step: a replica moving it at the same time
-   * finds it moved, or gone from the earlier layout.
+   * With no copy of its own in hand (another replica's move, or one interrupted before the earlier
+   * key was retired), what to do with the earlier key's `current` value: the record here to carry it
+   * over (an unchanged copy that `current` was built on), or null to retire it as it is (the record
+   * here is built on it, or reached its retention: the earlier one must not come back).
    */
-  const adopt = async (id: string): Promise<AccessRequest | undefined> => {
-    const [json, pttl] = await Promise.all([client.get(legacyRequestKey(id)), client.pttl(legacyRequestKey(id))])
-    // -2: it reached its retention between the two reads.
-    if (json == null || pttl === -2) return undefined
-    const r = JSON.parse(json) as AccessRequest
-    await client.jitgateRequestCreate(requestKey(id), indexKey, openKey, id, json, pttl === -1 ? '0' : String(Math.max(1, pttl)), r.createdAt, openFlag(r))
-    await Promise.all([client.del(legacyRequestKey(id)), client.zrem(legacyIndexKey, id), client.zrem(legacyOpenKey, id)])
-    const moved = await client.get(requestKey(id))
-    return moved == null ? undefined : (JSON.parse(moved) as AccessRequest)
+  const settle = async (id: string, current: string, cur: AccessRequest): Promise<string | null> => {
+    const json = await client.get(requestKey(id))
+    if (json == null || json === current) return json
+    const here = parseStored(json)
+    if (here === undefined) return null
+    if (builtOnInEarlierLayout(cur, here)) return json
+    if (!builtOnHere(here, cur)) {
+      onError(
+        new Error(
+          `request ${id}: written in both key layouts since it was moved (an earlier-version replica was still serving): ` +
+            `kept version ${here.version} of this layout, refused version ${cur.version} of the earlier one`,
+        ),
+      )
+    }
+    return null
   }
 
-  /** The ids of an index, after moving the requests still listed in its earlier-layout twin. */
+  /**
+   * Moves a request of the earlier layout into this one, with the retention it had left; undefined
+   * when there is none. Its keys are in other slots, so no one script can do it; each step is one
+   * script in one slot:
+   *   1. read the earlier key (value and PTTL together);
+   *   2. copy it here, unless a record is here or the id was copied before (`moving`);
+   *   3. retire the earlier key: only if it still holds exactly the value copied, replace it with
+   *      the moved marker (TTL kept). An earlier-layout writer's compare-and-set fails from then on;
+   *   4. if it changed in between (an earlier-layout replica wrote it), carry the change over with a
+   *      compare-and-set on the record here, only if that is still exactly the copy, then retire the
+   *      new value; repeat, a bounded number of times.
+   * Replicas moving one request at the same time converge: one copies, every one retires or carries
+   * by compare-and-set. A move interrupted after its copy leaves the id in `moving`: it is never
+   * copied again, and list/listOpen finish it (from step 3, with `settle`).
+   */
+  const adopt = async (id: string): Promise<AccessRequest | undefined> => {
+    const legacyKey = legacyRequestKey(id)
+    let [current, pttl] = await client.jitgateLegacyRead(legacyKey)
+    // None, or moved already (a marker).
+    if (current == null) return undefined
+    let cur = parseStored(current)
+    if (cur === undefined) return undefined
+    const copied = await client.jitgateRequestAdopt(requestKey(id), indexKey, openKey, movingKey, id, current, pxLeft(pttl), cur.createdAt, openFlag(cur))
+    // The exact value the record here holds as an unchanged copy; undefined: not known; null: none to
+    // keep in step (retire the earlier value as it is).
+    let copy: string | null | undefined = copied === 1 ? current : undefined
+    await hooks.afterAdoptCopy?.(id)
+    for (let round = 0; ; round++) {
+      if (round === MAX_ADOPT_ROUNDS) throw new Error(`request ${id}: its earlier-layout record kept changing while being moved`)
+      if (copy === undefined) copy = await settle(id, current, cur)
+      if (copy !== null && copy !== current) {
+        const carried = await client.jitgateRequestCarry(requestKey(id), indexKey, openKey, copy, current, pxLeft(pttl), id, cur.createdAt, openFlag(cur))
+        // Written here since the copy: look again.
+        if (carried !== 1) {
+          copy = undefined
+          continue
+        }
+        copy = current
+      }
+      const retired = await client.jitgateLegacyRetire(legacyKey, current, JSON.stringify({ movedTo: requestKey(id) }))
+      if (retired[0] === 1) break
+      const [, latest, latestPttl] = retired
+      // Gone (its retention), or retired by another replica.
+      if (latest == null) break
+      const next = parseStored(latest)
+      if (next === undefined) break
+      // Changed by an earlier-layout writer since it was read: carry that over the copy (or settle anew).
+      ;[current, pttl, cur] = [latest, latestPttl, next]
+      if (copy === null) copy = undefined
+    }
+    await Promise.all([client.srem(movingKey, id), client.zrem(legacyIndexKey, id), client.zrem(legacyOpenKey, id)])
+    const moved = await client.get(requestKey(id))
+    return moved == null ? undefined : parseStored(moved)
+  }
+
+  /**
+   * The ids of an index, after moving the requests still listed in its earlier-layout twin and
+   * finishing the moves left unfinished.
+   */
   const indexed = async (key: string, legacyKey: string, read: (key: string) => Promise<string[]>): Promise<string[]> => {
-    const [ids, legacy] = await Promise.all([read(key), client.zrange(legacyKey, 0, -1)])
-    if (legacy.length === 0) return ids
-    await Promise.all(legacy.map(adopt))
-    // Entries whose record had reached its retention go too.
-    await client.zrem(legacyKey, ...legacy)
+    const [ids, legacy, moving] = await Promise.all([read(key), client.zrange(legacyKey, 0, -1), client.smembers(movingKey)])
+    if (legacy.length === 0 && moving.length === 0) return ids
+    await Promise.all([...new Set([...legacy, ...moving])].map(adopt))
+    // Entries whose record had reached its retention go too; every move read here is finished.
+    await Promise.all([legacy.length > 0 && client.zrem(legacyKey, ...legacy), moving.length > 0 && client.srem(movingKey, ...moving)])
     return read(key)
   }
   const newestFirst = (key: string): Promise<string[]> => client.zrevrange(key, 0, -1)
@@ -199,7 +381,7 @@ export function createRedisRequestStore(opts: RedisRequestStoreOptions): Request
     get(id) {
       return op('get', async () => {
         const json = await client.get(requestKey(id))
-        return json == null ? adopt(id) : (JSON.parse(json) as AccessRequest)
+        return json == null ? adopt(id) : parseStored(json)
       })
     },
 
