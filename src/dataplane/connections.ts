@@ -1,6 +1,8 @@
 /**
  * Open WebSocket connections by grant. A connection lives no longer than its grant: it is closed
- * when the grant expires (a timer at `expiresAt`) or is revoked (a store event, from any replica).
+ * when the grant expires (a timer at `expiresAt`) or is revoked (a store event, from any replica),
+ * and no longer than the policy allows it: each is re-checked every second (a window enforced at
+ * use that closed, a contract that ended, an entitlement a reload removed).
  */
 import type { UpgradeHandle } from '../forward/forwarder.js'
 
@@ -8,11 +10,18 @@ import type { UpgradeHandle } from '../forward/forwarder.js'
 export const CLOSE_POLICY = 1008
 export const CLOSE_GOING_AWAY = 1001
 
+/** Why the policy no longer allows an open connection (a deny code), or undefined while it does. */
+export type PolicyRecheck = () => { readonly code: string; readonly detail: string } | undefined
+
 interface Tracked {
   readonly handle: UpgradeHandle
+  readonly recheck: PolicyRecheck | undefined
   timer: NodeJS.Timeout | undefined
   reason: string | undefined
 }
+
+/** How often open connections are held against the policy in force. */
+export const RECHECK_EVERY_MS = 1000
 
 /** setTimeout fires at once for delays above 2^31-1 ms; re-arm in steps instead. */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -20,6 +29,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 export class ConnectionRegistry {
   readonly #byGrant = new Map<string, Set<Tracked>>()
   readonly #now: () => number
+  #rechecking: NodeJS.Timeout | undefined
 
   constructor(now: () => number = Date.now) {
     this.#now = now
@@ -35,17 +45,25 @@ export class ConnectionRegistry {
    * Tracks a connection until it closes. Resolves with the reason the gateway closed it
    * (`grant_expired`, `grant_revoked`, `gateway_shutdown`) or `closed` when a peer did.
    */
-  track(grantId: string, expiresAt: number, handle: UpgradeHandle): Promise<string> {
-    const entry: Tracked = { handle, timer: undefined, reason: undefined }
+  track(grantId: string, expiresAt: number, handle: UpgradeHandle, recheck?: PolicyRecheck): Promise<string> {
+    const entry: Tracked = { handle, recheck, timer: undefined, reason: undefined }
     let set = this.#byGrant.get(grantId)
     if (!set) this.#byGrant.set(grantId, (set = new Set()))
     set.add(entry)
     this.#arm(entry, expiresAt)
+    if (recheck !== undefined && this.#rechecking === undefined) {
+      this.#rechecking = setInterval(() => this.#recheckAll(), RECHECK_EVERY_MS)
+      this.#rechecking.unref()
+    }
     return handle.closed.then(() => {
       if (entry.timer) clearTimeout(entry.timer)
       const s = this.#byGrant.get(grantId)
       s?.delete(entry)
       if (s?.size === 0) this.#byGrant.delete(grantId)
+      if (this.#byGrant.size === 0 && this.#rechecking !== undefined) {
+        clearInterval(this.#rechecking)
+        this.#rechecking = undefined
+      }
       return entry.reason ?? 'closed'
     })
   }
@@ -75,6 +93,15 @@ export class ConnectionRegistry {
       Math.max(0, Math.min(delay, MAX_TIMER_MS)),
     )
     entry.timer.unref()
+  }
+
+  #recheckAll(): void {
+    for (const set of this.#byGrant.values()) {
+      for (const entry of set) {
+        const refused = entry.reason === undefined ? entry.recheck?.() : undefined
+        if (refused !== undefined) this.#close(entry, CLOSE_POLICY, refused.code, refused.detail)
+      }
+    }
   }
 
   #close(entry: Tracked, code: number, reason: string, message: string): void {

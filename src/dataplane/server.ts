@@ -212,7 +212,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     countRequest(d.resource.id, 'allow', 'ok')
     audit.emit('access.allowed', { ...base, status: 101, duration_ms: elapsed(started) })
     metrics.websockets.inc({ resource: d.resource.id })
-    const reason = await deps.connections.track(d.grant.id, d.grant.expiresAt, result.handle)
+    const reason = await deps.connections.track(d.grant.id, d.grant.expiresAt, result.handle, () =>
+      decider.stillEntitled(d.grant, req.method ?? 'GET', d.path),
+    )
     metrics.websockets.dec({ resource: d.resource.id })
     audit.emit('connection.closed', { ...base, reason, duration_ms: elapsed(started) })
   }

@@ -64,6 +64,13 @@ export interface DeciderDeps {
 
 export interface Decider {
   decide(input: DecisionInput): Promise<Decision>
+  /**
+   * Whether the policy in force still lets `grant` make a request it already made (an open
+   * WebSocket): the entitlement may have been tightened, the contract or a window enforced at use
+   * may have ended since. Undefined while it does. No store call; the grant's own expiry and
+   * revocation are tracked apart.
+   */
+  stillEntitled(grant: Grant, method: string, path: string): Deny | undefined
 }
 
 /** Compiled scope sets are cached by their text: grants share scopes, compiling per request is waste. */
@@ -98,6 +105,10 @@ export function createDecider(deps: DeciderDeps): Decider {
   }
 
   return {
+    stillEntitled(grant, method, path) {
+      const use = checkGrantUse(standingOf(deps.policy(), grant), method, path, now())
+      return use.ok ? undefined : { allow: false, code: use.code, detail: use.detail, path, subject: grant.subject, grantId: grant.id }
+    },
     async decide(input) {
       const q = input.url.indexOf('?')
       const rawPath = q === -1 ? input.url : input.url.slice(0, q)

@@ -5,6 +5,7 @@
  * cannot issue a grant the policy does not entitle in the first place.
  */
 import t from 'tap'
+import WebSocket from 'ws'
 import { renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { startUpstream } from '../helpers/upstream.js'
@@ -13,11 +14,11 @@ import { DENY_CODES } from '../../src/decision/codes.js'
 
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
 
-function policy(upstream: string, opts: { scopes?: string; acme?: boolean; crm?: boolean; window?: string } = {}): string {
-  const { scopes = '["GET /crm/**"]', acme = true, crm = true, window } = opts
+function policy(upstream: string, opts: { scopes?: string; acme?: boolean; crm?: boolean; window?: string; websocket?: boolean } = {}): string {
+  const { scopes = '["GET /crm/**"]', acme = true, crm = true, window, websocket = false } = opts
   return [
     'resources:',
-    crm ? `  - { id: crm, upstream: "${upstream}", match: { path_prefix: /crm }, max_ttl: 8h }` : '',
+    crm ? `  - { id: crm, upstream: "${upstream}", match: { path_prefix: /crm }, max_ttl: 8h${websocket ? ', websocket: true' : ''} }` : '',
     `  - { id: other, upstream: "${upstream}", match: { path_prefix: /other }, max_ttl: 8h }`,
     'approver_groups: [{ id: owners, members: [alice] }]',
     'approval_policies: [{ id: one, stages: [{ group: owners, approvals: 1 }], request_ttl: 1d }]',
@@ -77,6 +78,37 @@ t.test('a tightened policy denies a live grant with the documented code', async 
   const metrics = await (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="crm",decision="deny",code="grant_not_entitled"\} 2/)
   t.match(metrics, /jitgate_requests_total\{resource="crm",decision="deny",code="outside_window"\} 1/)
+})
+
+t.test('an open WebSocket is closed once the policy no longer allows it: a window enforced at use, a removed entitlement', async (t) => {
+  // The exact input of a finding: a WebSocket opened inside a window enforced at use kept
+  // exchanging messages after the window closed, while plain requests got outside_window.
+  const upstream = await startUpstream(t)
+  const today = `${DAYS[new Date().getUTCDay()]},${DAYS[(new Date().getUTCDay() + 1) % 7]} 00:00-24:00 UTC`
+  const yesterday = `${DAYS[(new Date().getUTCDay() + 6) % 7]} 00:00-24:00 UTC`
+  const g = await startTestGateway(t, { policy: policy(upstream.url, { websocket: true, window: today }), upstream: upstream.url, config: 'policy: { watch: false }\n' })
+  const grant = await g.issue({ subject: 'acme', resource: 'crm', scopes: ['GET /crm/**'], ttl: '30m' })
+  const open = async () => {
+    const ws = new WebSocket(`${g.dataUrl.replace('http', 'ws')}/crm/live`, { headers: { authorization: `Bearer ${grant.token}` } })
+    await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject))
+    const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    return { ws, closed }
+  }
+  const cases: [string, string, string][] = [
+    ['the window closed', policy(upstream.url, { websocket: true, window: yesterday }), 'outside_window'],
+    ['the entitlement was removed', policy(upstream.url, { websocket: true, acme: false }), 'grant_not_entitled'],
+  ]
+  for (const [name, tightened, code] of cases) {
+    replace(g, policy(upstream.url, { websocket: true, window: today }))
+    const { ws, closed } = await open()
+    ws.send('still here')
+    replace(g, tightened)
+    const { code: closeCode } = await closed
+    t.equal(closeCode, 1008, `${name}: closed with 1008`)
+    const ev = await g.waitForEvent((e) => e.event === 'connection.closed' && e.reason === code)
+    t.match(ev, { grant_id: grant.id, subject: 'acme', protocol: 'websocket' }, `${name}: audited as ${code}`)
+  }
+  t.equal(upstream.sockets.size, 0, 'nothing left open upstream')
 })
 
 t.test('operators cannot issue what the policy does not entitle', async (t) => {
