@@ -55,6 +55,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     void p.finally(() => handlers.delete(p))
   }
 
+  // Connections the gateway cut because of a later request on them: the earlier request's event
+  // then says so, rather than blaming the client for leaving.
+  const cutByGateway = new WeakSet<object>()
+  function cut(socket: Duplex): void {
+    cutByGateway.add(socket)
+    socket.destroy()
+  }
+
   function decideSafely(req: IncomingMessage, upgrade: boolean): Promise<Decision> {
     return decider
       .decide({ method: req.method ?? 'GET', url: req.url ?? '', host: req.headers.host, rawHeaders: req.rawHeaders, upgrade })
@@ -121,6 +129,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const started = performance.now()
     const requestId = randomUUID()
     const clientIp = clientAddress(req)
+    const connection = req.socket
     const d = await decideSafely(req, false)
     observeDecision(d.allow ? 'allow' : 'deny', started)
     if (!d.allow) {
@@ -135,11 +144,13 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     metrics.upstreamSeconds.observe(d.resource.id, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
     let status: number
+    let detail = ''
     if (outcome.ok) {
       status = outcome.status
     } else {
       code = outcome.code
       status = DENY_CODES[outcome.code].status
+      detail = code === 'client_aborted' && cutByGateway.has(connection) ? CUT_BY_GATEWAY : outcome.detail
       if (!outcome.responseStarted && !res.headersSent && !res.destroyed) writeDeny(res, outcome.code, requestId)
     }
     countRequest(d.resource.id, 'allow', code)
@@ -151,7 +162,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       method: bounded(req.method ?? ''),
       path: d.auditPath ?? d.path,
       status,
-      ...(code !== 'ok' ? { code, detail: outcome.ok ? '' : bounded(outcome.detail) } : {}),
+      ...(code !== 'ok' ? { code, detail: bounded(detail) } : {}),
       client_ip: clientIp,
       duration_ms: elapsed(started),
       upstream_ms: round(outcome.upstreamMs),
@@ -167,7 +178,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (responsePending(socket)) {
       // Pipelined behind a request still being answered: a 101 or a refusal now would be read as
       // that request's answer, and its response would then land inside the tunnel.
-      socket.destroy()
+      cut(socket)
       const d: Deny = { allow: false, code: 'malformed_request', detail: `upgrade ${PIPELINED}` }
       recordDeny(req, clientIp, d, requestId, started, 'websocket')
       return
@@ -258,7 +269,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const requestId = randomUUID()
     const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
     if (untouched) writeDenyToSocket(socket, code, requestId)
-    else socket.destroy()
+    else cut(socket)
     countRequest('', 'deny', code)
     // The request line is audited only from the connection's very first packet: a later packet
     // may start with an earlier request, or with bytes a client shaped to look like a request line.
@@ -282,7 +293,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     socket.on('error', () => socket.destroy())
     const pending = responsePending(socket)
     const d: Deny = { allow: false, code: 'connect_not_supported', detail: pending ? `CONNECT ${PIPELINED}` : 'CONNECT' }
-    if (pending) socket.destroy()
+    if (pending) cut(socket)
     else writeDenyToSocket(socket, d.code, requestId)
     recordDeny(req, clientAddress(req), d, requestId, performance.now(), 'http')
   })
@@ -303,6 +314,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
 }
 
 const PIPELINED = 'pipelined behind a request still being answered: connection cut'
+const CUT_BY_GATEWAY = 'connection cut by the gateway: a later request on it was refused'
 
 /** A response to an earlier request on this connection is still being written. */
 function responsePending(socket: Duplex): boolean {

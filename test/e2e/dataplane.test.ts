@@ -381,8 +381,14 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
   await exchangeInSteps(g.dataUrl, [`POST /crm/tickets/eof HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${eofGrant.token}\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(1024)}`])
   const eofEvent = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/crm/tickets/eof')
   t.match(eofEvent, { code: 'client_aborted' })
+  // The same after a refusal (the exact input of a finding: a 3 MB upload with a bad token got
+  // its 401 and then a second, bogus malformed_request line when the client hung up).
+  const refused = await exchangeInSteps(g.dataUrl, [`POST /crm/tickets/big HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer nope\r\nContent-Length: 3000000\r\n\r\n${'x'.repeat(65536)}`])
+  t.match(refused, /^HTTP\/1\.1 401 /)
+  await g.waitForEvent((e) => e.event === 'access.denied' && e.path === '/crm/tickets/big')
   await sleep(200)
-  t.equal(g.audit.filter((e) => e.code === 'malformed_request').length, malformedBefore, 'no malformed_request for the hang-up')
+  t.equal(g.audit.filter((e) => e.code === 'malformed_request').length, malformedBefore, 'no malformed_request for the hang-ups')
+  t.equal(g.audit.filter((e) => e.path === '/crm/tickets/big').length, 1, 'one event for the refused upload')
   const metrics = (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 8/)
@@ -420,6 +426,11 @@ t.test('CONNECT and a second Host header are refused, coded and audited, nothing
     const text = await rawExchange(g.dataUrl, behind + follower)
     t.notMatch(text, /HTTP\/1\.1 (101|4\d\d) /, `${name}: nothing answered ahead of the slow request`)
     t.ok(await g.waitForEvent((e) => e.event === 'access.denied' && detail.test(String(e.detail))), `${name}: audited as cut`)
+    // The slow request the client was waiting for is not blamed on the client.
+    const slowEvents = () => g.audit.filter((e) => e.event === 'access.allowed' && e.path === '/slow/x')
+    const count = followers.indexOf(followers.find((f) => f[0] === name)!) + 1
+    await g.waitForEvent(() => slowEvents().length >= count)
+    t.match(slowEvents().at(-1), { code: 'client_aborted', detail: /connection cut by the gateway/ }, `${name}: the earlier request's event says who cut it`)
   }
   t.equal(upstream.received.filter((r) => r.url.startsWith('/billing')).length, 0, 'no tunnel was opened')
 })
