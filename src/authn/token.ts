@@ -24,7 +24,16 @@ export type TokenFailureCode = 'token_malformed' | 'token_invalid' | 'token_expi
 
 export type VerifyResult =
   | { readonly ok: true; readonly claims: TokenClaims }
-  | { readonly ok: false; readonly code: TokenFailureCode; readonly detail: string }
+  | {
+      readonly ok: false
+      readonly code: TokenFailureCode
+      readonly detail: string
+      /**
+       * Whose token it is, when its signature did verify and only a claim failed (expired, not yet
+       * valid, another audience): the audit names the vendor and the grant of a refused call.
+       */
+      readonly who?: { readonly sub: string; readonly jti: string }
+    }
 
 export interface TokenIssuer {
   issue(grant: Grant): Promise<string>
@@ -87,11 +96,12 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   }
 
   function checkTimesAndAudience(claims: TokenClaims, audience: string, t: number): VerifyResult {
-    if (claims.exp * 1000 + toleranceMs <= t) return { ok: false, code: 'token_expired', detail: 'exp has passed' }
+    const who = { sub: claims.sub, jti: claims.jti }
+    if (claims.exp * 1000 + toleranceMs <= t) return { ok: false, code: 'token_expired', detail: 'exp has passed', who }
     if (claims.nbf !== undefined && claims.nbf * 1000 - toleranceMs > t) {
-      return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached' }
+      return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached', who }
     }
-    if (claims.aud !== audience) return { ok: false, code: 'token_invalid', detail: 'audience does not match the resource' }
+    if (claims.aud !== audience) return { ok: false, code: 'token_invalid', detail: 'audience does not match the resource', who }
     return { ok: true, claims }
   }
 
@@ -140,6 +150,10 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   }
 }
 
+function whoOf(payload: JWTPayload): { who?: { sub: string; jti: string } } {
+  return typeof payload.sub === 'string' && typeof payload.jti === 'string' ? { who: { sub: payload.sub, jti: payload.jti } } : {}
+}
+
 /**
  * True when each of the three segments ends in a character whose unused low bits are zero
  * (RFC 4648 §3.5: canonical encoding), as every encoder writes it.
@@ -166,10 +180,11 @@ function isCanonical(token: string): boolean {
 const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
 function mapJoseError(err: unknown): VerifyResult {
-  if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'token_expired', detail: 'exp has passed' }
+  // jose checks claims only once the signature verified: their payload is the issuer's own.
+  if (err instanceof joseErrors.JWTExpired) return { ok: false, code: 'token_expired', detail: 'exp has passed', ...whoOf(err.payload) }
   if (err instanceof joseErrors.JWTClaimValidationFailed) {
-    if (err.claim === 'nbf') return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached' }
-    return { ok: false, code: 'token_invalid', detail: `${err.claim} check failed` }
+    if (err.claim === 'nbf') return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached', ...whoOf(err.payload) }
+    return { ok: false, code: 'token_invalid', detail: `${err.claim} check failed`, ...whoOf(err.payload) }
   }
   if (err instanceof joseErrors.JWSInvalid || err instanceof joseErrors.JWTInvalid) {
     return { ok: false, code: 'token_malformed', detail: 'not a well-formed JWT' }

@@ -133,7 +133,10 @@ export function createDecider(deps: DeciderDeps): Decider {
       const where = auditPath === path ? { resource, path } : { resource, path, auditPath }
 
       const verified = await deps.verifier().verify(bearer.token, resource.id)
-      if (!verified.ok) return { allow: false, code: verified.code, detail: verified.detail, ...where }
+      if (!verified.ok) {
+        const who = verified.who === undefined ? {} : { subject: verified.who.sub, grantId: verified.who.jti }
+        return { allow: false, code: verified.code, detail: verified.detail, ...where, ...who }
+      }
       const claims = verified.claims
       // A copy of the token in the query string is never forwarded (the header's is dropped too).
       const query = queryWithoutToken(rawQuery, bearer.token)

@@ -260,6 +260,11 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
     t.match(ev, { code: c.code, status: info.status, request_id: res.json?.error?.request_id }, `${c.name}: audit`)
   }
   t.equal(upstream.received.length, before, 'nothing was forwarded')
+  // A token whose signature verified but whose time is up names its vendor and grant (the exact
+  // input of a finding: an expired token's denial had neither, so the vendor's export missed it).
+  t.match(g.audit.find((e) => e.event === 'access.denied' && e.code === 'token_expired'), { subject: 'acme', grant_id: 'g_doesnotexist00000000' })
+  t.match(g.audit.find((e) => e.event === 'access.denied' && e.code === 'token_invalid' && e.detail === 'audience does not match the resource'), { subject: 'acme', grant_id: crm.id })
+  t.notOk(g.audit.some((e) => e.event === 'access.denied' && e.detail === 'signature verification failed' && e.subject !== undefined), 'a forged signature names nobody')
   const metrics = await call(`${g.controlUrl}/metrics`)
   for (const code of new Set(cases.map((c) => c.code))) {
     t.match(metrics.text, new RegExp(`jitgate_requests_total\\{resource="[^"]*",decision="deny",code="${code}"\\} \\d+`), `metric for ${code}`)
