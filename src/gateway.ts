@@ -209,7 +209,20 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
   audit.emit('policy.loaded', { policy_files: policy.files.map((f) => f.split('/').pop() as string) })
   // The SIEM gets the addresses actually bound (0.0.0.0 included), not the loopback URLs of the log.
   audit.emit('gateway.started', { store: store.kind, listen: { data: boundAddress(dataPlane.server), control: boundAddress(control) }, schema_version: AUDIT_SCHEMA_VERSION })
-  log.info({ data: dataUrl, control: controlUrl, pid: process.pid, store: store.kind, policy_version: policy.version, resources: [...policy.resources.keys()] }, 'jitgate listening')
+  // The URL to reach each listener from this machine, and the address it is bound to (0.0.0.0: every interface).
+  log.info(
+    {
+      data: dataUrl,
+      data_bound: boundAddress(dataPlane.server),
+      control: controlUrl,
+      control_bound: boundAddress(control),
+      pid: process.pid,
+      store: store.kind,
+      policy_version: policy.version,
+      resources: [...policy.resources.keys()],
+    },
+    'jitgate listening',
+  )
 
   let stopping: Promise<void> | undefined
   return {

@@ -174,7 +174,9 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
     async close() {
       if (closed) return
       reportDrops()
-      checkpoint(true)
+      // A chain with no event (a start that failed before the first) needs no seal: a lone
+      // checkpoint would only read as a trail that began and ended at once.
+      if (seq > 0) checkpoint(true)
       closed = true
       clearInterval(timer)
       await Promise.all(sinks.map((s) => s.close()))

@@ -1,5 +1,14 @@
 /** The control-plane API over real HTTP: authentication, validation errors, listing, JWKS, health. */
 import t from 'tap'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { PassThrough } from 'node:stream'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { pino } from 'pino'
+import { loadConfig } from '../../src/config/config.js'
+import { startGateway } from '../../src/gateway.js'
 import { request } from 'undici'
 import { createLocalJWKSet, jwtVerify } from 'jose'
 import { startTestGateway, call, rawCall, ADMIN_TOKEN } from '../helpers/gateway.js'
@@ -161,6 +170,25 @@ t.test('without an admin token the API refuses a non-loopback listener', async (
   const hidden = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['* /crm/**'], ttl: '1h' }, { authorization: ['', `Bearer ${vendorLike}`] as never })
   t.equal(hidden.status, 401, 'a second Authorization line counts as a credential')
   t.equal(g.audit.filter((e) => e.event === 'grant.issued').length, 1)
+})
+
+t.test('a start that fails (port in use) leaves nothing in the audit trail', async (t) => {
+  // The exact input of a finding: EADDRINUSE left a lone, final audit.checkpoint on stdout.
+  const busy = createServer()
+  await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => busy.close(() => resolve())))
+  const port = (busy.address() as AddressInfo).port
+  const out = new PassThrough()
+  let text = ''
+  out.on('data', (c: Buffer) => (text += c.toString()))
+  const root = mkdtempSync(join(tmpdir(), 'jitgate-busy-'))
+  t.teardown(() => rmSync(root, { recursive: true, force: true }))
+  mkdirSync(join(root, 'policies'))
+  writeFileSync(join(root, 'policies', 'p.yaml'), POLICY.replaceAll('UPSTREAM', 'http://127.0.0.1:9'))
+  const env = { JITGATE_DATA_LISTEN: `127.0.0.1:${port}`, JITGATE_CONTROL_LISTEN: '127.0.0.1:0', JITGATE_POLICY_DIR: join(root, 'policies'), JITGATE_DATA_DIR: join(root, 'data'), JITGATE_ADMIN_TOKEN: ADMIN_TOKEN }
+  await t.rejects(startGateway({ config: loadConfig({ text: '{}', env, baseDir: root }), auditStream: out, log: pino({ level: 'silent' }), env }), /EADDRINUSE|in use/)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(text, '', 'no audit line')
 })
 
 t.test('without an admin token, only loopback Host names are answered (DNS rebinding)', async (t) => {
