@@ -299,7 +299,13 @@ export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrinci
   }
 
   function compileGroup(item: Item<ApproverGroupSpec>): ApproverGroup | undefined {
-    const members = new Set(item.spec.members ?? [])
+    const listed = item.spec.members ?? []
+    const members = new Set(listed)
+    if (members.size !== listed.length) {
+      const twice = [...new Set(listed.filter((m, i) => listed.indexOf(m) !== i))]
+      // `approvals: 2` over [alice, alice] would look satisfiable and never be.
+      at(item, ['members'], `approver group "${item.spec.id}" lists ${twice.map((m) => `"${m}"`).join(', ')} more than once`)
+    }
     const oidcGroups = new Set(item.spec.oidc_groups ?? [])
     if (members.size === 0 && oidcGroups.size === 0) {
       at(item, ['id'], `approver group "${item.spec.id}" has neither members nor oidc_groups: nobody could approve`)

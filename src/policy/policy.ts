@@ -172,6 +172,8 @@ export function compilePolicy(
     const previous = firstSeen.get(spec.id)
     if (previous !== undefined) {
       at(['id'], `duplicate resource id "${spec.id}" (first defined at ${previous})`)
+      // Its own problems are reported all the same: fixing the id must not reveal new ones.
+      compileResource(spec, env, source.file, at, skipSecrets, secretInput)
       continue
     }
     firstSeen.set(spec.id, where)

@@ -33,6 +33,18 @@ const MINUTE_MS = 60_000
  * @param text - `DAYS HH:MM-HH:MM ZONE`, parts separated by spaces.
  * @returns the window, or an error message naming the problem.
  */
+/** Start and end minutes of `HH:MM-HH:MM`, or what is wrong with it. */
+function parseHours(hourText: string): { start: number; end: number } | string {
+  const h = HOURS_RE.exec(hourText)
+  if (!h) return `hours "${hourText}": expected HH:MM-HH:MM, e.g. 08:00-18:00`
+  const start = Number(h[1]) * 60 + Number(h[2])
+  const end = Number(h[3]) * 60 + Number(h[4])
+  if (Number(h[1]) > 23 || Number(h[2]) > 59) return `hours "${hourText}": start must be 00:00 to 23:59`
+  if (Number(h[4]) > 59 || end > 24 * 60) return `hours "${hourText}": end must be 00:00 to 24:00`
+  if (start === end) return `hours "${hourText}": start and end are equal; for the whole day write 00:00-24:00`
+  return { start, end }
+}
+
 export function parseWindow(text: string): ParseWindowResult {
   const parts = text.trim().split(/\s+/)
   if (parts.length !== 3) {
@@ -40,25 +52,22 @@ export function parseWindow(text: string): ParseWindowResult {
   }
   const [dayText, hourText, zone] = parts as [string, string, string]
 
+  // Every part is judged, so one check reports every mistake in the text.
+  const errors: string[] = []
   const days = parseDays(dayText)
-  if (typeof days === 'string') return { ok: false, error: days }
+  if (typeof days === 'string') errors.push(days)
 
-  const h = HOURS_RE.exec(hourText)
-  if (!h) return { ok: false, error: `hours "${hourText}": expected HH:MM-HH:MM, e.g. 08:00-18:00` }
-  const start = Number(h[1]) * 60 + Number(h[2])
-  const end = Number(h[3]) * 60 + Number(h[4])
-  if (Number(h[1]) > 23 || Number(h[2]) > 59) return { ok: false, error: `hours "${hourText}": start must be 00:00 to 23:59` }
-  if (Number(h[4]) > 59 || end > 24 * 60) return { ok: false, error: `hours "${hourText}": end must be 00:00 to 24:00` }
-  if (start === end) {
-    return { ok: false, error: `hours "${hourText}": start and end are equal; for the whole day write 00:00-24:00` }
-  }
+  const hours = parseHours(hourText)
+  if (typeof hours === 'string') errors.push(hours)
 
-  let format: Intl.DateTimeFormat
+  let format: Intl.DateTimeFormat | undefined
   try {
     format = new Intl.DateTimeFormat('en-US', { timeZone: zone, weekday: 'short', hour: '2-digit', minute: '2-digit', hourCycle: 'h23' })
   } catch {
-    return { ok: false, error: `time zone "${zone}" is not an IANA time zone name (e.g. Europe/Berlin, UTC)` }
+    errors.push(`time zone "${zone}" is not an IANA time zone name (e.g. Europe/Berlin, UTC)`)
   }
+  if (typeof days === 'string' || typeof hours === 'string' || format === undefined) return { ok: false, error: errors.join('; ') }
+  const { start, end } = hours
 
   const crossesMidnight = start > end
   const inside = (weekday: number, minutes: number): boolean =>

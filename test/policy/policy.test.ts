@@ -96,6 +96,23 @@ t.test('semantic errors across files: duplicate ids, route conflicts, credential
   )
 })
 
+t.test("a duplicate resource's own problems are reported with the duplicate id", async (t) => {
+  // The exact input of a finding: the duplicate's missing secret showed only once the id was fixed.
+  const a = `resources:
+  - { id: one, upstream: "http://127.0.0.1:1", match: { path_prefix: /x }, max_ttl: 1h }
+  - id: one
+    upstream: http://127.0.0.1:2
+    match: { path_prefix: /y }
+    max_ttl: 1h
+    credentials:
+      - { header: X-Key, env: NOT_SET_ANYWHERE }
+`
+  t.same(errors({ 'a.yaml': a }, {}), [
+    'a.yaml:3:5 resources[1].id: duplicate resource id "one" (first defined at a.yaml:2)',
+    'a.yaml:8:26 resources[1].credentials[0].env: environment variable NOT_SET_ANYWHERE is not set',
+  ])
+})
+
 t.test('credential names are judged by the spelling upstream servers read', async (t) => {
   const a = `resources:
   - id: one

@@ -185,6 +185,7 @@ const TRAPS: { name: string; files: Record<string, string>; env?: NodeJS.Process
     },
     // The schema errors don't hide the semantic one of the well-formed policy `a`: all at once.
     errors: [
+      'DIR/p.yaml:2:19 approver_groups[0].members: approver group "owners" lists "alice" more than once',
       'DIR/p.yaml:5:40 approval_policies[0].stages[0].approvals: 3 approvals needed but group "owners" has only 2 member(s)',
       'DIR/p.yaml:6:14 approval_policies[1].stages: expected at least one stage',
       'DIR/p.yaml:7:40 approval_policies[2].stages[0].approvals: expected a whole number of approvals, at least 1',
@@ -197,6 +198,7 @@ const TRAPS: { name: string; files: Record<string, string>; env?: NodeJS.Process
         'approver_groups:\n  - { id: owners, members: [alice, bob, alice] }\n  - { id: sec, members: [carol], oidc_groups: [security] }\n  - { id: nobody }\napproval_policies:\n  - { id: a, stages: [{ group: owners, approvals: 3 }, { group: sec, approvals: 5 }, { group: nobody, approvals: 1 }], request_ttl: 1d }\n',
     },
     errors: [
+      'DIR/p.yaml:2:19 approver_groups[0].members: approver group "owners" lists "alice" more than once',
       'DIR/p.yaml:4:7 approver_groups[2].id: approver group "nobody" has neither members nor oidc_groups: nobody could approve',
       'DIR/p.yaml:6:40 approval_policies[0].stages[0].approvals: 3 approvals needed but group "owners" has only 2 member(s)',
     ],

@@ -75,6 +75,8 @@ t.test('errors name the problem', async (t) => {
     ['Mon 08:00-24:30 UTC', /end must be 00:00 to 24:00/],
     ['Mon 08:00-08:00 UTC', /start and end are equal; for the whole day write 00:00-24:00/],
     ['Mon 08:00-18:00 Mars/Olympus', /time zone "Mars\/Olympus" is not an IANA time zone name/],
+    // The exact input of a finding: only the days were reported; the hours and the zone after a fix.
+    ['Mon-Fry 08:00-25:00 Mars/Olympus', /^days "Mon-Fry": .*; hours "08:00-25:00": end must be 00:00 to 24:00; time zone "Mars\/Olympus" is not an IANA/],
   ]
   for (const [text, error] of cases) {
     const r = parseWindow(text)
