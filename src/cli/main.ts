@@ -121,11 +121,15 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
     },
   },
   'grant list': {
-    summary: 'List active grants.',
-    usage: `jitgate grant list [--url URL] [--json]`,
-    options: { ...controlOptions },
+    summary: 'List active grants (all of them, or as an approver the ones you may revoke).',
+    usage: `jitgate grant list [--url URL] [--json] [--approver ID]
+
+  As an operator: $JITGATE_ADMIN_TOKEN (or nothing, on a loopback control plane without one).
+  As an approver: $JITGATE_ID_TOKEN holds your ID token, or as a local approver --approver ID
+  (or $JITGATE_APPROVER); reading needs no TOTP code.`,
+    options: { ...controlOptions, approver: { type: 'string' } },
     async run(v, _positionals, io) {
-      const res = expectShape<{ grants: Record<string, unknown>[] }>(await api(io, v, 'GET', '/v1/grants'), (r) => Array.isArray(r.grants), controlBase(io, v))
+      const res = expectShape<{ grants: Record<string, unknown>[] }>(await api(io, v, 'GET', '/v1/grants', undefined, approverReadAuth(v, io)), (r) => Array.isArray(r.grants), controlBase(io, v))
       if (v.json) return print(io, res), 0
       if (res.grants.length === 0) io.out('no active grants\n')
       for (const g of res.grants) {
@@ -239,6 +243,16 @@ function approverRevokeAuth(v: Record<string, unknown>, io: CliIO): Record<strin
   }
   if (!v.totp) throw new UsageError('--totp CODE is required: the code your authenticator shows now')
   const auth: Record<string, string> = { 'x-jitgate-approver': approver, 'x-jitgate-totp': v.totp as string }
+  if (io.env.JITGATE_ADMIN_TOKEN) auth.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
+  return auth
+}
+
+/** An approver's credential for reading (`grant list`), or undefined for the operator's. */
+function approverReadAuth(v: Record<string, unknown>, io: CliIO): Record<string, string> | undefined {
+  const approver = (v.approver as string | undefined) ?? io.env.JITGATE_APPROVER
+  if (io.env.JITGATE_ID_TOKEN && approver === undefined) return { authorization: `Bearer ${io.env.JITGATE_ID_TOKEN}` }
+  if (approver === undefined) return undefined
+  const auth: Record<string, string> = { 'x-jitgate-approver': approver }
   if (io.env.JITGATE_ADMIN_TOKEN) auth.authorization = `Bearer ${io.env.JITGATE_ADMIN_TOKEN}`
   return auth
 }

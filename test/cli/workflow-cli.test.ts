@@ -85,6 +85,14 @@ ${principalsYaml(w)}`
   // approvers may end): a local approver with its code, or an ID token.
   const issue = async (): Promise<string> => (await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/*'], ttl: '10m' })).id
   const g1 = await issue()
+  // The exact input of a finding: `grant list --approver` was an unknown option, so an approver
+  // could not see from the CLI which grants it may revoke.
+  const listed = await cli(['grant', 'list', '--json', '--approver', 'alice'], { ...alice, JITGATE_APPROVER: undefined })
+  t.equal(listed.code, 0, listed.stderr)
+  t.ok((JSON.parse(listed.stdout) as { grants: { id: string }[] }).grants.some((x) => x.id === g1), 'a local approver lists the grants it may revoke, no code needed')
+  const byIdToken = await cli(['grant', 'list'], carol)
+  t.equal(byIdToken.code, 0, byIdToken.stderr)
+  t.match(byIdToken.stdout, g1)
   const noTotp = await cli(['grant', 'revoke', g1, '--reason', 'done'], alice)
   t.equal(noTotp.code, 2, 'a local approver needs its code')
   t.match(noTotp.stderr, '--totp CODE is required')
