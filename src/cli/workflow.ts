@@ -71,6 +71,7 @@ interface RequestView {
   readonly expires_at: string
   readonly stages: readonly { group: string; approvals_required: number; approvals: readonly { approver: string }[] }[]
   readonly grant?: { id: string; status: string; expires_at?: string }
+  readonly review?: { status: string; reviewed_by?: string; reviewed_at?: string; comment?: string }
   readonly token?: string
 }
 
@@ -303,6 +304,14 @@ function describe(r: RequestView): string {
         : `  ${stages.join('; ')}`,
   ]
   if (r.status === 'pending') lines.push(`  expires: ${r.expires_at}`)
+  if ((r.status === 'denied' || r.status === 'cancelled') && r.decided_by !== undefined) lines.push(`  ${r.status} by: ${r.decided_by}`)
+  if (r.review !== undefined) {
+    lines.push(
+      r.review.status === 'open'
+        ? '  review: open (an approver closes it with `jitgate approvals review`)'
+        : `  review: closed by ${r.review.reviewed_by ?? '?'} at ${r.review.reviewed_at ?? '?'}${r.review.comment ? `: ${r.review.comment}` : ''}`,
+    )
+  }
   if (r.grant !== undefined) lines.push(`  grant: ${r.grant.id} ${r.grant.status}${r.grant.expires_at !== undefined ? ` until ${r.grant.expires_at}` : ''}`)
   return `${lines.join('\n')}\n`
 }

@@ -68,6 +68,7 @@ ${principalsYaml(w)}`
   const denied = await cli(['approvals', 'deny', ext.stdout.trim(), '--comment', 'finish tomorrow'], carol)
   t.equal(denied.code, 0, denied.stderr)
   t.match(denied.stdout, 'denied (extension)')
+  t.match(denied.stdout, '  denied by: 00u-carol', 'who denied it')
 
   const other = (await cli(['request', 'create', '--resource', 'crm-api', '--scope', 'GET /crm/customers/*', '--duration', '1h', '--reason', 'x'], vendor)).stdout.trim()
   t.match((await cli(['request', 'cancel', other], vendor)).stdout, `${other}  cancelled`)
@@ -125,4 +126,29 @@ ${principalsYaml(w, { entitlement: '        auto_approve: { max_duration: 30m, s
   t.equal(status.code, 0, status.stderr)
   t.match(status.stdout, 'approval: auto-approved by its entitlement')
   t.notMatch(status.stdout, '0/1')
+})
+
+t.test('a break-glass request shows its review, open then closed, in the status text', async (t) => {
+  // The exact input of a finding: the text output never said the review had been closed.
+  const w = await makeWorld(t)
+  const policy = `
+resources:
+  - id: crm-api
+    upstream: http://127.0.0.1:1
+    match: { path_prefix: /crm }
+    max_ttl: 8h
+${principalsYaml(w, { entitlement: '        break_glass: { max_duration: 30m }' })}`
+  const g = await startTestGateway(t, { policy, env: w.env, config: w.config })
+  const keyFile = join(tempDir(t, 'cli-wf-bg'), 'acme.jwk.json')
+  writeFileSync(keyFile, JSON.stringify(w.acme.privateJwk), { mode: 0o600 })
+  const base = { PATH: process.env.PATH, JITGATE_CONTROL_URL: g.controlUrl }
+  const vendor = { ...base, JITGATE_VENDOR_KEY_FILE: keyFile, JITGATE_SUBPROCESSOR: 'acme' }
+  const carol = { ...base, JITGATE_ID_TOKEN: await w.idToken('00u-carol') }
+  const created = await cli(['request', 'create', '--resource', 'crm-api', '--scope', 'GET /crm/customers/*', '--duration', '10m', '--reason', 'INC-9 outage', '--break-glass'], vendor)
+  t.equal(created.code, 0, created.stderr)
+  const id = created.stdout.trim()
+  t.match((await cli(['request', 'status', id], vendor)).stdout, 'review: open')
+  const reviewed = await cli(['approvals', 'review', id, '--comment', 'justified'], carol)
+  t.equal(reviewed.code, 0, reviewed.stderr)
+  t.match(reviewed.stdout, /review: closed by 00u-carol at \S+: justified/)
 })
