@@ -106,7 +106,7 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
       for (const k of ['subject', 'resource', 'scope', 'ttl']) if (v[k] === undefined) throw new UsageError(`--${k} is required`)
       if (isBareNumber(v.ttl)) throw new UsageError(noUnitMessage('--ttl', v.ttl))
       const body = { subject: v.subject, resource: v.resource, scopes: v.scope, ttl: v.ttl, ...(v.reason ? { reason: v.reason } : {}) }
-      const res = expectShape<{ id: string; expires_at: string; token: string }>(
+      const res = expectShape<{ id: string; expires_at: string; token: string; warnings?: string[] }>(
         await api(io, v, 'POST', '/v1/grants', body),
         (r) => typeof r.token === 'string' && typeof r.id === 'string',
         controlBase(io, v),
@@ -115,6 +115,7 @@ Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the policy.`,
       else {
         const g = res
         io.err(`grant ${g.id} expires ${g.expires_at}\n`)
+        for (const w of g.warnings ?? []) io.err(`warning: ${w}\n`)
         io.out(`${g.token}\n`)
       }
       return 0

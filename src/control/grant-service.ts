@@ -8,7 +8,7 @@ import type { Grant, GrantLookup, GrantStore, Revocation } from '../grants/types
 import { GrantExistsError, StoreUnavailableError } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import { parseScope } from '../policy/scope.js'
-import { assessGrant, unentitledScopes } from '../policy/entitlements.js'
+import { assessGrant, unentitledScopes, type GrantStanding } from '../policy/entitlements.js'
 import type { TokenIssuer } from '../authn/token.js'
 import type { AuditLog } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
@@ -28,6 +28,11 @@ export interface IssueGrantInput {
 export interface IssuedGrant {
   readonly grant: Grant
   readonly token: string
+  /**
+   * Why the grant, though issued, is refused right now (a scope whose entitlement's window,
+   * enforced at use, excludes the present): said at once rather than left for the first 403.
+   */
+  readonly warnings?: readonly string[]
 }
 
 /** Who acted, in which API call, for which access request: what the audit events name. */
@@ -263,6 +268,18 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
     auditIssued(grant, ctx)
     return true
   }
+  /** The grant's scopes that a window enforced at use closes at `t`. */
+  function closedWindows(standing: GrantStanding, t: number): string[] {
+    if (standing.kind !== 'entitled' || standing.unrestricted) return []
+    const out: string[] = []
+    for (const s of standing.scopes) {
+      if (s.windows === undefined || s.windows.some((w) => w.contains(t))) continue
+      const windows = [...new Set(s.windows.map((w) => w.source))].join(' or ')
+      out.push(`${JSON.stringify(s.scope.source)}: outside its entitlement's window ${windows}, enforced at use: refused (outside_window) until the window opens`)
+    }
+    return out
+  }
+
   return {
     async issue(input) {
       const policy = deps.policy()
@@ -308,7 +325,8 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
       if (!(await storeAndAudit(grant, { requestId: input.requestId, actor: input.actor }, true))) {
         throw new Error(`grant id ${grant.id} already exists`)
       }
-      return { grant, token }
+      const warnings = closedWindows(standing, t)
+      return warnings.length > 0 ? { grant, token, warnings } : { grant, token }
     },
 
     issueApproved(grant, ctx) {

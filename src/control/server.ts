@@ -252,7 +252,7 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
       actor,
       requestId,
     })
-    sendJson(res, 201, { ...grantView(issued.grant), token: issued.token }, { 'x-request-id': requestId, location: `/v1/grants/${issued.grant.id}` })
+    sendJson(res, 201, { ...grantView(issued.grant), token: issued.token, ...(issued.warnings ? { warnings: issued.warnings } : {}) }, { 'x-request-id': requestId, location: `/v1/grants/${issued.grant.id}` })
   }
 
   async function listGrants(res: ServerResponse): Promise<void> {

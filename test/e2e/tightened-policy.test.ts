@@ -111,6 +111,19 @@ t.test('an open WebSocket is closed once the policy no longer allows it: a windo
   t.equal(upstream.sockets.size, 0, 'nothing left open upstream')
 })
 
+t.test('an operator issuing a grant outside a window enforced at use is told so in the answer', async (t) => {
+  // The exact input of a finding: the grant was issued (201) and unusable (403), without a word.
+  const upstream = await startUpstream(t)
+  const yesterday = `${DAYS[(new Date().getUTCDay() + 6) % 7]} 00:00-24:00 UTC`
+  const g = await startTestGateway(t, { policy: policy(upstream.url, { window: yesterday }), upstream: upstream.url, config: 'policy: { watch: false }\n' })
+  const issued = await g.issue({ subject: 'acme', resource: 'crm', scopes: ['GET /crm/**'], ttl: '30m' })
+  t.match(issued.warnings, [/"GET \/crm\/\*\*": outside its entitlement's window .* enforced at use/])
+  t.equal((await call(`${g.dataUrl}/crm/x`, { token: issued.token })).json.error.code, 'outside_window', 'as the warning said')
+  const today = `${DAYS[new Date().getUTCDay()]},${DAYS[(new Date().getUTCDay() + 1) % 7]} 00:00-24:00 UTC`
+  replace(g, policy(upstream.url, { window: today }))
+  t.equal((await g.issue({ subject: 'acme', resource: 'crm', scopes: ['GET /crm/**'], ttl: '30m' })).warnings, undefined, 'no warning inside the window')
+})
+
 t.test('operators cannot issue what the policy does not entitle', async (t) => {
   const upstream = await startUpstream(t)
   const g = await startTestGateway(t, { policy: policy(upstream.url), upstream: upstream.url })
