@@ -101,6 +101,7 @@ export function startWorkflow(deps: WorkflowRuntimeDeps): WorkflowRuntime {
     async stop() {
       clearInterval(sweeper)
       await sweeping
+      await service.stop()
       await Promise.race([notifier.idle(), new Promise((r) => setTimeout(r, config.notifications.timeoutMs).unref())])
       await notifier.close()
       await requests.close()

@@ -140,6 +140,11 @@ export interface WorkflowService {
   isApprover(approver: Approver): boolean
   /** Expires overdue pending requests and escalates due ones; run periodically on every replica. */
   sweep(): Promise<void>
+  /**
+   * Stops reading behind writes confirmed too late: one last read each, and a warning naming the
+   * requests whose write is still of unknown outcome (they may have changed without an event).
+   */
+  stop(): Promise<void>
 }
 
 export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
@@ -222,20 +227,28 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
    * or the write never landed (another writer took that version, or nobody did). Later changes
    * built on it do not hide it: they keep its id, and the change it made is as real as theirs.
    */
+  /** Writes being read behind, until their outcome is known; reported at stop if it never is. */
+  const unconfirmed = new Set<{ readonly id: string; readonly version: number; readonly since: number; timer: NodeJS.Timeout | undefined; check(): Promise<void> }>()
+  let stopped = false
+
   function confirmLater(written: AccessRequest, then: () => Promise<void> | void): void {
     const started = Date.now()
-    const check = async (): Promise<void> => {
+    const entry = { id: written.id, version: written.version, since: started, timer: undefined as NodeJS.Timeout | undefined, check }
+    unconfirmed.add(entry)
+    async function check(): Promise<void> {
       let current: AccessRequest | undefined
       try {
         current = await deps.requests.get(written.id)
       } catch (err) {
         if (err instanceof StoreUnavailableError && Date.now() - started < RECONCILE_FOR_MS) {
-          setTimeout(run, RECONCILE_EVERY_MS).unref()
+          if (!stopped) entry.timer = setTimeout(run, RECONCILE_EVERY_MS).unref()
           return
         }
+        unconfirmed.delete(entry)
         deps.log.warn({ access_request_id: written.id, err: String(err) }, 'gave up confirming a request store write: its outcome is unknown')
         return
       }
+      unconfirmed.delete(entry)
       const fields = { access_request_id: written.id, version: written.version, current_version: current?.version }
       if (current === undefined || !builtOn(current, written)) {
         deps.log.info(fields, 'a request store write confirmed too late did not land: nothing to audit')
@@ -247,6 +260,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     const run = (): void => void check().catch((err: unknown) => deps.log.warn({ access_request_id: written.id, err: String(err) }, 'confirming a request store write failed'))
     setImmediate(run)
   }
+
 
   /** True when `current` is `written` or a later version built on it: see AccessRequest.writes. */
   function builtOn(current: AccessRequest, written: AccessRequest): boolean {
@@ -598,6 +612,18 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
   }
 
   return {
+    async stop() {
+      stopped = true
+      for (const entry of unconfirmed) clearTimeout(entry.timer)
+      // The store may have answered since the last read: one more, for every write still unknown.
+      await Promise.allSettled([...unconfirmed].map((entry) => entry.check()))
+      if (unconfirmed.size === 0) return
+      deps.log.warn(
+        { unconfirmed: [...unconfirmed].map((e) => ({ access_request_id: e.id, version: e.version, since: new Date(e.since).toISOString() })) },
+        'stopping with request store writes whose outcome is unknown: they may have taken effect without being audited',
+      )
+      unconfirmed.clear()
+    },
     async create(subject, input, ctx) {
       const t = now()
       const kind: RequestKind = input.breakGlass === true ? 'break_glass' : 'access'

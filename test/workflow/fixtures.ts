@@ -134,6 +134,8 @@ export interface HarnessOptions {
   readonly wrapGrants?: (g: GrantService) => GrantService
   /** Wraps the request store (to inject faults). */
   readonly wrapRequests?: (r: RequestStore) => RequestStore
+  /** The service's operational log (silent by default). */
+  readonly log?: import('pino').Logger
   /** The request store, on the harness clock (default: a memory store); closed at teardown. */
   readonly requestStore?: (now: () => number) => RequestStore
 }
@@ -179,7 +181,7 @@ export async function harness(t: Test, opts: HarnessOptions = {}): Promise<Harne
     audit: auditLog,
     metrics: workflowMetrics,
     notifier,
-    log: pino({ level: 'silent' }),
+    log: opts.log ?? pino({ level: 'silent' }),
     now,
   })
   return {

@@ -5,6 +5,8 @@
  */
 import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { Writable } from 'node:stream'
+import { pino } from 'pino'
 import { ApiError } from '../../src/control/errors.js'
 import { StoreUnavailableError } from '../../src/grants/types.js'
 import { RECONCILE_EVERY_MS } from '../../src/control/grant-service.js'
@@ -481,6 +483,21 @@ t.test('an approval that lands after its deadline and is then built on by a late
   t.equal(h.events('grant.issued').length, 1, 'one grant, issued by the final approval')
   await sleep(RECONCILE_EVERY_MS + 100)
   t.equal(h.audit.length, 5, 'and nothing more later')
+})
+
+t.test('stopping while a write is still of unknown outcome: a warning names the request', async (t) => {
+  const logs: { level: number; msg: string; unconfirmed?: { access_request_id: string }[] }[] = []
+  const sink = new Writable({ write: (c: Buffer, _e: BufferEncoding, cb: () => void) => (logs.push(JSON.parse(c.toString())), cb()) })
+  const hang = hangingStore()
+  const h = await harness(t, { wrapRequests: hang.wrap, log: pino({ level: 'info' }, sink) })
+  const r = await h.service.create('acme', ask, ctx)
+  hang.hangAtNextWrite()
+  await refused(t, h.service.approve(r.id, alice, undefined, ctx), 'store_unavailable', 'answered 503')
+  await sleep(50)
+  await h.service.stop()
+  const warned = logs.find((l) => l.msg.startsWith('stopping with request store writes whose outcome is unknown'))
+  t.match(warned?.unconfirmed, [{ access_request_id: r.id }])
+  await hang.wake()
 })
 
 t.test('two callers expiring one request while the store hangs: the same record either way, audited once', async (t) => {
