@@ -1,8 +1,8 @@
 /**
  * The approvers' web console on the control plane (DESIGN.md, "Listeners"): one page and its
  * scripts and stylesheet under `/console/`. The page holds no data and no secret; its script
- * talks only to the JSON API (`/v1/requests*`) with the approver's own credential, so the console
- * can do nothing the API would not let that approver do.
+ * talks only to the JSON API (`/v1/requests*`, and `/v1/grants` to list and revoke grants) with the
+ * approver's own credential, so the console can do nothing the API would not let that approver do.
  *
  * The files come from a table built once at load from `assets.ts` (generated from `static/`):
  * a URL path is only ever a key looked up in that table, never a filesystem path. Every answer

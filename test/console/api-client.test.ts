@@ -5,7 +5,7 @@
  * through the client, and every fetch call it makes is recorded and checked exactly.
  */
 import t, { type Test } from 'tap'
-import { fetch as undiciFetch } from 'undici'
+import { fetch as undiciFetch, request } from 'undici'
 import { startTestGateway, call, ADMIN_TOKEN, type TestGateway } from '../helpers/gateway.js'
 import { startUpstream } from '../helpers/upstream.js'
 import { api, makeWorld, principalsYaml, type WorkflowWorld } from '../helpers/workflow.js'
@@ -131,18 +131,15 @@ t.test('the console calls, end to end: list pending, open, approve with a TOTP c
   const mark = orec.calls.length
   const grants = await carol.listActiveGrants()
   t.equal(grants.length, 1)
-  t.match(grants[0], { grant_id: `g_${id.slice(2)}`, request_id: id, kind: 'access', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], reason: HOSTILE, ticket: 'SUP-1234', decided_by: '00u-carol', starts_at: String, expires_at: String })
-  t.same(
-    orec.calls.slice(mark).map((c) => `${c.method} ${c.url.slice(u.length)}`),
-    ['GET /v1/requests?status=approved', `GET /v1/requests/${id}`],
-    'the approved requests, then the grant state of each',
-  )
+  t.match(grants[0], { id: `g_${id.slice(2)}`, subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], status: 'active', reason: HOSTILE, issued_by: '00u-carol', starts_at: String, expires_at: String })
+  t.notOk('token' in (grants[0] as object), 'never a token')
+  t.same(orec.calls.slice(mark), [{ url: `${u}/v1/grants`, method: 'GET', headers: { authorization: `Bearer ${idToken}` }, ...FETCH_OPTIONS }], 'one call: GET /v1/grants')
   t.ok(Math.abs(Date.parse(grants[0]?.expires_at as string) - (Date.now() + 3_600_000)) < 5_000, 'it expires in an hour')
 
   t.match(await failure(t, carol.revokeGrant(grants[0] as (typeof grants)[0], { reason: '  ' })), { code: 'invalid_input' }, 'a revocation needs a reason')
   await carol.revokeGrant(grants[0] as (typeof grants)[0], { reason: 'vendor offboarded' })
   t.same(orec.calls.at(-1), {
-    url: `${u}/v1/grants/${grants[0]?.grant_id}`,
+    url: `${u}/v1/grants/${grants[0]?.id}`,
     method: 'DELETE',
     headers: { authorization: `Bearer ${idToken}`, 'content-type': 'application/json' },
     body: JSON.stringify({ reason: 'vendor offboarded' }),
@@ -153,7 +150,10 @@ t.test('the console calls, end to end: list pending, open, approve with a TOTP c
   t.match(g.audit.find((e) => e.event === 'grant.revoked'), { actor: '00u-carol', reason: 'vendor offboarded' })
 
   const all = [...rec.calls, ...orec.calls]
-  t.ok(all.every((c) => c.url.startsWith(`${u}/v1/requests`) || (c.method === 'DELETE' && c.url.startsWith(`${u}/v1/grants/`))), 'every call goes to the access-request API, or revokes a grant')
+  t.ok(
+    all.every((c) => c.url.startsWith(`${u}/v1/requests`) || (c.method === 'GET' && c.url === `${u}/v1/grants`) || (c.method === 'DELETE' && c.url.startsWith(`${u}/v1/grants/`))),
+    'every call goes to the access-request API, lists grants, or revokes one',
+  )
   t.ok(all.every((c) => !c.url.includes(idToken) && !c.url.includes(ADMIN_TOKEN) && !(c.body ?? '').includes(idToken)), 'a credential is only ever in the Authorization header')
   t.notOk(g.auditText().includes(idToken), 'nor in the audit trail')
 })
@@ -187,7 +187,7 @@ t.test('deny with a comment, revoke as a local approver, and refusals with the A
   t.match(await alice.approve(granted, { totp: nextCode(w.alice) }), { status: 'pending' })
   t.match(await (await oidc({})).approve(granted), { status: 'approved' })
   const [grant] = await bob.listActiveGrants()
-  t.match(grant, { request_id: granted, reason: 'SUP-2' })
+  t.match(grant, { id: `g_${granted.slice(2)}`, reason: 'SUP-2' }, 'a local approver reads the grants without a TOTP code')
   t.match(await failure(t, bob.revokeGrant(grant as NonNullable<typeof grant>, { reason: 'done' })), { code: 'invalid_input' }, 'a local approver revokes with a code')
   await bob.revokeGrant(grant as NonNullable<typeof grant>, { reason: 'done', totp: nextCode(w.bob) })
   t.same(await bob.listActiveGrants(), [])
@@ -226,8 +226,19 @@ t.test('answers that are not the API are reported as such: network_error, bad_re
   t.match(await failure(t, odd.getRequest('r_x')), { code: 'bad_response' })
 })
 
-t.test('active grants: one row per grant (extensions fold into it), revoked ones left out, ended ones never read', async (t) => {
-  const { g, w, u } = await setup(t)
+t.test('the grant list is one GET /v1/grants: operator-issued and request-born grants, extended, soonest expiry first, only those the approver may revoke', async (t) => {
+  // A second resource whose approval policy is crm-owners alone: alice may revoke its grants, carol not.
+  const w = await makeWorld(t)
+  const upstream = await startUpstream(t)
+  const policy =
+    RESOURCES +
+    '  - id: billing-api\n    upstream: UPSTREAM\n    match: { path_prefix: /billing }\n    max_ttl: 8h\n' +
+    principalsYaml(w, {
+      entitlement: '      - resource: billing-api\n        scopes: ["GET /billing/**"]\n        max_duration: 4h\n        approval: owners-only',
+      approval: '    request_ttl: 1h\n  - id: owners-only\n    stages:\n      - { group: crm-owners, approvals: 1 }\n    request_ttl: 1h',
+    })
+  const g = await startTestGateway(t, { policy, upstream: upstream.url, env: w.env, config: w.config })
+  const u = g.controlUrl
   const approveBoth = async (id: string) => {
     await api(u, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('bob') })
     const r = await api(u, 'POST', `/v1/requests/${id}/approve`, { bearer: await w.idToken('00u-carol') })
@@ -241,31 +252,56 @@ t.test('active grants: one row per grant (extensions fold into it), revoked ones
   const b = await createRequest(g, w)
   await approveBoth(b)
   t.equal((await api(u, 'POST', `/v1/requests/${b}/relinquish`, { bearer: await w.acme.assertion() })).status, 204)
-
-  const rec = recorder()
-  const client = createApiClient({ credential: { kind: 'oidc', idToken: await w.idToken('00u-carol') }, fetch: rec.fetch, baseUrl: u })
-  const grants = await client.listActiveGrants()
-  t.same(grants.map((x) => x.request_id), [a], 'the extended grant once; the relinquished one not at all')
-  t.ok(Math.abs(Date.parse(grants[0]?.expires_at as string) - (Date.now() + 90 * 60_000)) < 5_000, 'with its extended expiry')
-  t.same(
-    rec.calls.map((c) => c.url.slice(u.length)).sort(),
-    ['/v1/requests?status=approved', `/v1/requests/${a}`, `/v1/requests/${b}`].sort(),
-    'the extension is not read on its own',
-  )
-
-  // A grant approved two days ago for an hour (and extended by 30 minutes) has ended: it is not read.
-  const old = (id: string, extra: object = {}) => ({ id, kind: 'access', status: 'approved', subject: 'acme', grant_id: `g_${id}`, duration_s: 3600, decided_at: new Date(Date.now() - 2 * 86_400_000).toISOString(), ...extra })
-  const reads: string[] = []
-  const stub = createApiClient({
-    credential: { kind: 'local', approver: 'alice' },
-    fetch: async (url) => {
-      reads.push(url)
-      const body = url.includes('?status=approved')
-        ? { requests: [old('r_old'), old('r_oldext', { kind: 'extension', grant_id: 'g_r_old', duration_s: 1800 }), old('r_new', { decided_at: new Date().toISOString() })] }
-        : { id: 'r_new', kind: 'access', subject: 'acme', grant: { id: 'g_r_new', status: 'active', starts_at: new Date().toISOString(), expires_at: new Date(Date.now() + 3_600_000).toISOString() } }
-      return { status: 200, ok: true, headers: { get: (h: string) => (h === 'date' ? new Date().toUTCString() : null) }, text: async () => JSON.stringify(body) }
-    },
+  // Straight from an operator, named in X-Jitgate-Actor: no request behind it.
+  const issued = await request(`${u}/v1/grants`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'x-jitgate-actor': 'dana', 'content-type': 'application/json' },
+    body: JSON.stringify({ subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], ttl: '10m', reason: 'INC-7 hotfix' }),
   })
-  t.same((await stub.listActiveGrants()).map((x) => x.grant_id), ['g_r_new'])
-  t.same(reads, ['/v1/requests?status=approved', '/v1/requests/r_new'])
+  t.equal(issued.statusCode, 201)
+  const direct = (await issued.body.json()) as { id: string }
+  const billing = await g.issue({ resource: 'billing-api', scopes: ['GET /billing/**'], ttl: '20m' })
+  const ended = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/customers/*'], ttl: '30m' })
+  t.equal(await g.revoke(ended.id, 'done'), 204)
+
+  const operatorGrant = { id: direct.id, subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], status: 'active', issued_by: 'operator:dana', reason: 'INC-7 hotfix', starts_at: String, expires_at: String }
+  const requestGrant = { id: `g_${a.slice(2)}`, subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], status: 'active', issued_by: '00u-carol', reason: HOSTILE, starts_at: String, expires_at: String }
+  const cases: [ConsoleCredential, object[]][] = [
+    [{ kind: 'oidc', idToken: await w.idToken('00u-carol') }, [operatorGrant, requestGrant]],
+    [{ kind: 'local', approver: 'alice', operatorToken: ADMIN_TOKEN }, [operatorGrant, { id: billing.id, resource: 'billing-api', issued_by: 'operator' }, requestGrant]],
+  ]
+  for (const [credential, expected] of cases) {
+    const rec = recorder()
+    const client = createApiClient({ credential, fetch: rec.fetch, baseUrl: u })
+    const grants = await client.listActiveGrants()
+    t.match(grants, expected, `${credential.kind}: the operator's grants and the extended request's grant it may revoke, soonest expiry first`)
+    t.equal(grants.length, expected.length, `${credential.kind}: not the relinquished or revoked ones, nor one it may not revoke`)
+    t.ok(Math.abs(Date.parse(grants.at(-1)?.expires_at as string) - (Date.now() + 90 * 60_000)) < 5_000, `${credential.kind}: with the extended expiry`)
+    t.same(rec.calls.map((c) => `${c.method} ${c.url.slice(u.length)} ${c.headers['x-jitgate-totp'] ?? 'no code'}`), ['GET /v1/grants no code'], `${credential.kind}: one call, and a read needs no TOTP code`)
+  }
+
+  // Alice revokes the operator's grant from the list; it is gone from the next one.
+  const alice = createApiClient({ credential: { kind: 'local', approver: 'alice', operatorToken: ADMIN_TOKEN }, fetch: recorder().fetch, baseUrl: u })
+  const [first] = await alice.listActiveGrants()
+  await alice.revokeGrant(first as NonNullable<typeof first>, { reason: 'hotfix done', totp: w.alice.code() })
+  t.same((await alice.listActiveGrants()).map((x) => x.id), [billing.id, `g_${a.slice(2)}`])
+  t.match(g.audit.find((e) => e.event === 'grant.revoked' && e.grant_id === direct.id), { actor: 'alice', reason: 'hotfix done' })
+  t.match(await failure(t, alice.revokeGrant(first as NonNullable<typeof first>, { reason: 'again', totp: nextCode(w.alice) })), { status: 409, code: 'grant_already_revoked', details: [/hotfix done/], requestId: /^[0-9a-f-]{36}$/ })
+})
+
+t.test('the grant list: refusals carry the API code; an answer without a list of grants is bad_response', async (t) => {
+  const { w, u } = await setup(t)
+  const outsider = createApiClient({ credential: { kind: 'oidc', idToken: await w.idToken('00u-mallory', { groups: ['everyone'] }) }, fetch: recorder().fetch, baseUrl: u })
+  t.match(await failure(t, outsider.listActiveGrants()), { status: 403, code: 'not_an_approver', requestId: /^[0-9a-f-]{36}$/ })
+  const stranger = createApiClient({ credential: { kind: 'local', approver: 'mallory', operatorToken: ADMIN_TOKEN }, fetch: recorder().fetch, baseUrl: u })
+  t.match(await failure(t, stranger.listActiveGrants()), { status: 401, code: 'credentials_invalid' })
+
+  const answering = (body: string) =>
+    createApiClient({ credential: { kind: 'local', approver: 'alice' }, fetch: async () => ({ status: 200, ok: true, headers: { get: () => null }, text: async () => body }) })
+  for (const body of ['{}', '{"grants":{}}', '{"grants":[null]}', '{"grants":[{"subject":"acme"}]}']) {
+    t.match(await failure(t, answering(body).listActiveGrants()), { code: 'bad_response', message: 'The answer is not a list of grants.' }, body)
+  }
+  t.same(await answering('{"grants":[]}').listActiveGrants(), [], 'an empty list')
+  const down = createApiClient({ credential: { kind: 'local', approver: 'alice' }, fetch: (url, init) => undiciFetch(url, init as Parameters<typeof undiciFetch>[1]), baseUrl: 'http://127.0.0.1:9' })
+  t.match(await failure(t, down.listActiveGrants()), { code: 'network_error', status: 0 })
 })

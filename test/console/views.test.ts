@@ -72,16 +72,41 @@ t.test('one request in full: stages, approvals and their comments, all as text',
   t.same(comment.texts(), [HOSTILE], "an approver's comment is text")
 })
 
-t.test('active grants: the row, the Revoke button calling back with the grant', async (t) => {
-  const grant = { grant_id: 'g_B', request_id: 'r_B', kind: 'access', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], reason: HOSTILE, decided_by: 'carol', starts_at: ago(0), expires_at: new Date(NOW + 3_600_000).toISOString() }
+t.test('active grants: rows for an operator-issued grant and a request-born one, the Revoke button calling back with the grant', async (t) => {
+  // As GET /v1/grants shows them (src/control/server.ts, grantView).
+  const direct = { id: 'g_OP', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], status: 'active', starts_at: ago(0), expires_at: new Date(NOW + 600_000).toISOString(), issued_by: 'operator:dana', reason: 'INC-7 hotfix' }
+  const fromRequest = { id: 'g_B', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], status: 'active', starts_at: ago(0), expires_at: new Date(NOW + 3_600_000).toISOString(), issued_by: 'carol', reason: HOSTILE, policy_version: 'v1' }
   const revoked: unknown[] = []
-  const table = grantsTable(doc, [grant], NOW, { onRevoke: (g) => revoked.push(g) }) as unknown as FakeElement
+  const table = grantsTable(doc, [direct, fromRequest], NOW, { onRevoke: (g) => revoked.push(g) }) as unknown as FakeElement
   checkInert(t, table, 'grants table')
-  const row = table.all().find((e) => e.attributes.get('data-grant-id') === 'g_B') as FakeElement
-  t.same(row.children.map((c) => c.textContent), ['acme', 'crm-api', 'GET /crm/**', HOSTILE, '', 'carol', 'in 1h', 'g_B', 'Revoke…'])
-  table.all().find((e) => e.tagName === 'button')?.click()
-  t.same(revoked, [grant])
-  t.equal((grantsTable(doc, [], NOW, { onRevoke: () => {} }) as unknown as FakeElement).textContent, 'No active grant from an access request.')
+  t.same(
+    table.all().find((e) => e.tagName === 'thead')?.all().filter((e) => e.tagName === 'th').map((e) => e.textContent),
+    ['Sub-processor', 'Resource', 'Scopes', 'Reason', 'Issued by', 'Expires', 'Grant', ''],
+  )
+  const row = (id: string) => table.all().find((e) => e.attributes.get('data-grant-id') === id) as FakeElement
+  t.same(row('g_OP').children.map((c) => c.textContent), ['acme', 'crm-api', 'GET /crm/**', 'INC-7 hotfix', 'operator:dana', 'in 10m', 'g_OP', 'Revoke…'])
+  t.same(row('g_B').children.map((c) => c.textContent), ['acme', 'crm-api', 'GET /crm/**', HOSTILE, 'carol', 'in 1h', 'g_B', 'Revoke…'])
+  t.ok(row('g_B').texts().includes(HOSTILE), 'the reason is one text node')
+  row('g_B').querySelector('button')?.click()
+  row('g_OP').querySelector('button')?.click()
+  t.same(revoked, [fromRequest, direct])
+
+  const noReason = grantsTable(doc, [{ ...direct, reason: undefined }], NOW, { onRevoke: () => {} }) as unknown as FakeElement
+  t.equal(noReason.all().find((e) => e.attributes.get('class') === 'reason')?.textContent, '', 'an operator grant without a reason')
+  t.equal((grantsTable(doc, [], NOW, { onRevoke: () => {} }) as unknown as FakeElement).textContent, 'No active grant that you may revoke.')
+})
+
+t.test('an unclaimed grant (claim-by window) says so next to its expiry', async (t) => {
+  const claimBy = new Date(NOW + 20 * 60_000).toISOString()
+  const grant = { id: 'g_C', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], status: 'active', starts_at: ago(0), expires_at: claimBy, issued_by: 'carol', claim: { status: 'unclaimed', claim_by: claimBy, duration_s: 3600, not_after: new Date(NOW + 80 * 60_000).toISOString() } }
+  const table = grantsTable(doc, [grant], NOW, { onRevoke: () => {} }) as unknown as FakeElement
+  checkInert(t, table, 'grants table')
+  const tag = table.all().find((e) => e.attributes.get('class') === 'tag') as FakeElement
+  t.equal(tag.textContent, 'unclaimed')
+  t.equal(tag.attributes.get('title'), 'Not used yet: it ends then unless it is used first; once used, it lasts 1h.')
+  t.equal(tag.parent?.textContent, 'in 20munclaimed')
+  const claimed = grantsTable(doc, [{ ...grant, claim: { ...grant.claim, status: 'claimed', claimed_at: ago(0) } }], NOW, { onRevoke: () => {} }) as unknown as FakeElement
+  t.notOk(claimed.all().some((e) => e.attributes.get('class') === 'tag'), 'a claimed grant has no tag')
 })
 
 t.test("an API error shows its code, status, message, details and request id", async (t) => {

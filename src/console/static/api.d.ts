@@ -33,18 +33,33 @@ export interface RequestView {
   readonly [field: string]: unknown
 }
 
+/**
+ * An active grant as `GET /v1/grants` shows it (src/control/server.ts, grantView): one an
+ * operator issued (`POST /v1/grants`) or one that came out of an access request. Never its token.
+ */
 export interface ActiveGrant {
-  readonly grant_id: string
-  readonly request_id: string
-  readonly kind: string
+  readonly id: string
   readonly subject: string
   readonly resource: string
   readonly scopes: readonly string[]
-  readonly reason: string
-  readonly ticket?: string
-  readonly decided_by: string
+  readonly status: 'active'
   readonly starts_at: string
+  /** While the grant is unclaimed, its claim-by instant. */
   readonly expires_at: string
+  /**
+   * Who issued it: the operator (`operator`, `operator:<name>`, `local-operator`), or for a grant
+   * from an access request the approver whose decision issued it (`auto-approval` when automatic).
+   */
+  readonly issued_by: string
+  readonly reason?: string
+  readonly policy_version?: string
+  readonly claim?: {
+    readonly status: 'unclaimed' | 'claimed'
+    readonly claim_by: string
+    readonly duration_s: number
+    readonly not_after: string
+    readonly claimed_at?: string
+  }
 }
 
 export interface ConsoleApiClient {
@@ -57,7 +72,7 @@ export interface ConsoleApiClient {
   approve(id: string, input?: { comment?: string; totp?: string }): Promise<RequestView>
   deny(id: string, input?: { comment?: string; totp?: string }): Promise<RequestView>
   listActiveGrants(): Promise<ActiveGrant[]>
-  revokeGrant(grant: Pick<ActiveGrant, 'grant_id' | 'request_id'>, input?: { reason?: string; totp?: string }): Promise<void>
+  revokeGrant(grant: Pick<ActiveGrant, 'id'>, input?: { reason?: string; totp?: string }): Promise<void>
 }
 
 /** Exactly what the client passes to fetch: the tests record it. */

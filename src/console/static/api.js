@@ -20,10 +20,6 @@ const B64TOKEN = /^[A-Za-z0-9._~+/-]+=*$/
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
 /** The gateway refuses longer ID tokens (src/workflow/auth/oidc.ts). */
 const MAX_ID_TOKEN_LENGTH = 16_384
-/** Detail reads of the grant list run a few at a time, not as a burst. */
-const READ_CONCURRENCY = 4
-/** Slack for clock and rounding differences when ruling out grants that must have ended. */
-const GRANT_END_SLACK_MS = 5 * 60_000
 
 /**
  * An API refusal as the gateway sent it (`code`, `message`, `request_id`, `details`), or a
@@ -83,20 +79,6 @@ function describe(cred) {
   } catch {
     return { kind: 'oidc', name: '(unreadable ID token)' }
   }
-}
-
-/** Runs `fn` over `items`, at most `limit` at once, keeping the order. */
-async function mapLimit(items, limit, fn) {
-  const out = new Array(items.length)
-  let next = 0
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i])
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
-  return out
 }
 
 /**
@@ -219,49 +201,20 @@ export function createApiClient(options) {
     },
 
     /**
-     * Active grants that came out of access requests, soonest expiry first: the approved
-     * requests, then the state of each one's grant. A grant ends at most its duration, plus the
-     * durations of its approved extensions, after its approval, so only requests within that
-     * reach (with slack) are read one by one. Grants issued directly by an operator
-     * (`POST /v1/grants`) have no request and are not listed.
+     * The active grants this approver may revoke, soonest expiry first, in one call:
+     * `GET /v1/grants` with the approver's credential (no TOTP code: it is a read). They include
+     * the grants issued directly by an operator (`POST /v1/grants`) as well as those that came
+     * out of access requests, each as the API shows a grant: `id`, `subject`, `resource`,
+     * `scopes`, `starts_at`, `expires_at`, `issued_by`, and `reason`, `claim` when it has them.
+     * Never a token.
      */
     async listActiveGrants() {
-      const approved = await listRequests('approved')
-      const extended = new Map()
-      for (const r of approved) {
-        if (r.kind === 'extension') extended.set(r.grant_id, (extended.get(r.grant_id) ?? 0) + r.duration_s * 1000)
+      const body = await call('GET', '/v1/grants')
+      const grants = body.grants
+      if (!Array.isArray(grants) || !grants.every((g) => g !== null && typeof g === 'object' && typeof g.id === 'string')) {
+        throw new ConsoleApiError({ status: 200, code: 'bad_response', message: 'The answer is not a list of grants.' })
       }
-      const now = Date.now() + clockOffsetMs
-      const candidates = approved.filter((r) => {
-        if (r.kind === 'extension' || typeof r.grant_id !== 'string') return false
-        const latestEnd = Date.parse(r.decided_at) + r.duration_s * 1000 + (extended.get(r.grant_id) ?? 0)
-        return Number.isNaN(latestEnd) || latestEnd + GRANT_END_SLACK_MS > now
-      })
-      const read = await mapLimit(candidates, READ_CONCURRENCY, async (r) => {
-        try {
-          return await call('GET', requestPath(r.id))
-        } catch (err) {
-          // Gone since the list was read (retention): nothing to show.
-          if (err instanceof ConsoleApiError && err.code === 'request_not_found') return undefined
-          throw err
-        }
-      })
-      return read
-        .filter((r) => r !== undefined && r.grant !== undefined && r.grant.status === 'active')
-        .map((r) => ({
-          grant_id: r.grant.id,
-          request_id: r.id,
-          kind: r.kind,
-          subject: r.subject,
-          resource: r.resource,
-          scopes: r.scopes,
-          reason: r.reason,
-          ...(r.ticket !== undefined ? { ticket: r.ticket } : {}),
-          decided_by: r.decided_by,
-          starts_at: r.grant.starts_at,
-          expires_at: r.grant.expires_at,
-        }))
-        .sort((a, b) => Date.parse(a.expires_at) - Date.parse(b.expires_at))
+      return [...grants].sort((a, b) => Date.parse(a.expires_at) - Date.parse(b.expires_at))
     },
 
     /**
@@ -272,7 +225,7 @@ export function createApiClient(options) {
       const text = String(reason ?? '').trim()
       if (text === '') throw invalidInput('A revocation needs a reason.')
       const code = actionCode(totp)
-      await call('DELETE', `/v1/grants/${encodeURIComponent(grant.grant_id)}`, { body: { reason: text }, totp: code })
+      await call('DELETE', `/v1/grants/${encodeURIComponent(grant.id)}`, { body: { reason: text }, totp: code })
     },
   })
 }

@@ -83,12 +83,19 @@ function signOut() {
   clearMessages()
 }
 
+/**
+ * Reads the pending requests and the grants (`GET /v1/grants`: those this approver may revoke)
+ * and shows them. A list that could not be read is emptied rather than left stale (a grant shown
+ * there might have ended), and the refusal is thrown for the caller to show.
+ */
 async function refresh() {
   if (client === undefined) return
-  const [pending, grants] = await Promise.all([client.listPending(), client.listActiveGrants()])
+  const [pending, grants] = await Promise.allSettled([client.listPending(), client.listActiveGrants()])
   const now = client.serverNow()
-  $('pending-list').replaceChildren(pendingTable(document, pending, now, { onOpen: (id) => void openRequest(id) }))
-  $('grants-list').replaceChildren(grantsTable(document, grants, now, { onRevoke: startRevoke }))
+  const unread = (what) => el(document, 'p', { class: 'empty' }, `The ${what} could not be read: see the error above.`)
+  $('pending-list').replaceChildren(pending.status === 'fulfilled' ? pendingTable(document, pending.value, now, { onOpen: (id) => void openRequest(id) }) : unread('pending requests'))
+  $('grants-list').replaceChildren(grants.status === 'fulfilled' ? grantsTable(document, grants.value, now, { onRevoke: startRevoke }) : unread('grants'))
+  for (const read of [pending, grants]) if (read.status === 'rejected') throw read.reason
 }
 
 function showRequest(r) {
@@ -112,7 +119,7 @@ function startRevoke(grant) {
   clearMessages()
   revoking = grant
   $('revoke-summary').replaceChildren(
-    el(document, 'p', {}, 'Grant ', el(document, 'code', {}, grant.grant_id), ` of ${grant.subject} on ${grant.resource}: the next request with its token is refused.`),
+    el(document, 'p', {}, 'Grant ', el(document, 'code', {}, grant.id), ` of ${grant.subject} on ${grant.resource}${typeof grant.issued_by === 'string' ? `, issued by ${grant.issued_by}` : ''}: the next request with its token is refused.`),
   )
   $('revoke').hidden = false
   $('revoke-reason').focus()
@@ -183,7 +190,7 @@ $('revoke-form').addEventListener('submit', (ev) => {
     revoking = undefined
     $('revoke-reason').value = ''
     $('revoke').hidden = true
-    showNotice(`Revoked grant ${grant.grant_id}.`)
+    showNotice(`Revoked grant ${grant.id}.`)
     await refresh()
   })
 })

@@ -163,7 +163,22 @@ export function requestDetail(doc, r, nowMs) {
   )
 }
 
-/** The active grants, soonest expiry first, each with a button that calls `onRevoke(grant)`. */
+/**
+ * When a grant ends: `in 42m`, and for a grant not used yet (claim-by window) an `unclaimed` tag
+ * saying that `expires_at` is then the instant it ends unless it is used first.
+ */
+function grantExpiry(doc, g, nowMs) {
+  const claim = g.claim !== null && typeof g.claim === 'object' ? g.claim : undefined
+  if (claim === undefined || claim.status !== 'unclaimed') return [formatRemaining(g.expires_at, nowMs)]
+  const lasts = typeof claim.duration_s === 'number' ? `; once used, it lasts ${formatDuration(claim.duration_s)}` : ''
+  return [formatRemaining(g.expires_at, nowMs), el(doc, 'span', { class: 'tag', title: `Not used yet: it ends then unless it is used first${lasts}.` }, 'unclaimed')]
+}
+
+/**
+ * The active grants the approver may revoke, soonest expiry first, whether an operator issued
+ * them or they came out of access requests: sub-processor, resource, scopes, reason, who issued
+ * it, expiry and id, each with a button that calls `onRevoke(grant)`.
+ */
 export function grantsTable(doc, grants, nowMs, { onRevoke }) {
   const rows = grants.map((g) => {
     const revoke = el(doc, 'button', { type: 'button', class: 'danger' }, 'Revoke…')
@@ -171,19 +186,18 @@ export function grantsTable(doc, grants, nowMs, { onRevoke }) {
     return el(
       doc,
       'tr',
-      { 'data-grant-id': text(g.grant_id) },
+      { 'data-grant-id': text(g.id) },
       el(doc, 'td', {}, text(g.subject)),
       el(doc, 'td', {}, text(g.resource)),
       el(doc, 'td', {}, scopeList(doc, g.scopes)),
       el(doc, 'td', { class: 'reason' }, text(g.reason)),
-      el(doc, 'td', {}, text(g.ticket)),
-      el(doc, 'td', {}, text(g.decided_by)),
-      el(doc, 'td', { title: text(g.expires_at) }, formatRemaining(g.expires_at, nowMs)),
-      el(doc, 'td', {}, el(doc, 'code', {}, text(g.grant_id))),
+      el(doc, 'td', {}, text(g.issued_by)),
+      el(doc, 'td', { title: text(g.expires_at) }, grantExpiry(doc, g, nowMs)),
+      el(doc, 'td', {}, el(doc, 'code', {}, text(g.id))),
       el(doc, 'td', {}, revoke),
     )
   })
-  return table(doc, ['Sub-processor', 'Resource', 'Scopes', 'Reason', 'Ticket', 'Approved by', 'Expires', 'Grant', ''], rows, 'No active grant from an access request.')
+  return table(doc, ['Sub-processor', 'Resource', 'Scopes', 'Reason', 'Issued by', 'Expires', 'Grant', ''], rows, 'No active grant that you may revoke.')
 }
 
 /** An API error as the console shows it: its code, its message, its details and request id. */
