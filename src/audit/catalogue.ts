@@ -113,7 +113,7 @@ export const EVENTS = {
   },
   'grant.issued': {
     summary:
-      'A grant was created (by an operator through the API, or on final approval of an access request). A grant with a claim-by window carries `claim_by`: until its first use it ends then (`expires_at` is the same instant), and `grant.claimed` follows at the first use. A write a hung grant store ran only after its caller was told `store_unavailable` is written late, once the gateway reads it back; a gateway that stops before it can logs the grant id instead (README, "Redis layout").',
+      'A grant was created (by an operator through the API, or on final approval of an access request). A grant with a claim-by window carries `claim_by`: until its first use it ends then (`expires_at` is the same instant), and `grant.claimed` follows at the first use. A write a hung grant store ran only after its caller was told `store_unavailable` is written late, once the gateway reads it back; a gateway that stops before it can logs the grant id instead (README, "Redis layout"). At most one per grant, however many calls issue it (an approved request\'s grant issued again by a retry or by another replica).',
     emitter: 'control plane',
     required: ['request_id', 'actor', 'subject', 'grant_id', 'resource', 'scopes', 'starts_at', 'expires_at'],
     optional: ['reason', 'access_request_id', 'claim_by'],
@@ -140,7 +140,8 @@ export const EVENTS = {
     optional: ['scopes', 'starts_at'],
   },
   'grant.extended': {
-    summary: "A grant's expiry moved after a new approval; open connections stay open.",
+    summary:
+      "A grant's expiry moved after a new approval; open connections stay open. One per move, however many calls extend the grant to the same expiry (a retry, another replica): written for the call whose write moved it, late if a hung grant store ran that write after its caller was told `store_unavailable`.",
     emitter: 'workflow',
     required: ['actor', 'grant_id', 'subject', 'resource', 'expires_at', 'previous_expires_at'],
     optional: ['request_id', 'access_request_id', 'reason'],

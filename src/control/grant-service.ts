@@ -4,7 +4,7 @@
  * approval and `extend` on an approved extension; the gateway's expiry sweep calls `reportExpired`.
  */
 import { randomBytes } from 'node:crypto'
-import type { Grant, GrantLookup, GrantStore, Revocation } from '../grants/types.js'
+import type { Grant, GrantLookup, GrantNonces, GrantStore, Revocation } from '../grants/types.js'
 import { GrantExistsError, StoreUnavailableError } from '../grants/types.js'
 import type { Policy } from '../policy/policy.js'
 import { parseScope } from '../policy/scope.js'
@@ -102,6 +102,20 @@ export function newGrantId(): string {
   return `g_${randomBytes(16).toString('base64url')}`
 }
 
+/** Names one store write, so that a read behind it tells it from a concurrent call's (see `unconfirmed`). */
+function newNonce(): string {
+  return randomBytes(12).toString('base64url')
+}
+
+/**
+ * True when the grant's record, or its tombstone if a revoke came since, carries `nonce` as the
+ * `which` write's: that very call's write landed (a revoke keeps the grant's nonces).
+ */
+function wroteIt(lookup: GrantLookup, which: keyof GrantNonces, nonce: string): boolean {
+  const nonces = lookup.status === 'active' ? lookup.grant.nonces : lookup.status === 'revoked' ? lookup.revocation.grantNonces : undefined
+  return nonces?.[which] === nonce
+}
+
 export function createGrantService(deps: GrantServiceDeps): GrantService {
   const now = deps.now ?? Date.now
 
@@ -119,8 +133,12 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
    * this finds out what happened by reading the grant behind the write (Redis answers one
    * connection's commands in order, so the read sees the write if it ran), retrying while the
    * store stays away (at most RECONCILE_FOR_MS), and hands a write that landed to `onLanded`, which
-   * audits it like any other: no change to a grant goes unrecorded. The one gap is a gateway that
-   * stops, or gives up, before the store answers: the write is then logged with `followUp`.
+   * audits it like any other: no change to a grant goes unrecorded. `landed` recognizes the write
+   * by the nonce the call sent with it (kept in the grant's record by a create or an extend, in the
+   * tombstone by a revoke), never by what it wrote: two calls writing the same thing during one
+   * hang (a retry, two replicas) are then audited once, for the one whose write took effect. The
+   * one gap is a gateway that stops, or gives up, before the store answers: the write is then
+   * logged with `followUp`.
    */
   function unconfirmed(
     what: PendingWrite['operation'],
@@ -214,7 +232,7 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
   async function revokeAndAudit(id: string, actor: string, reason: string, requestId: string): Promise<Revocation | null> {
     // Names this call's tombstone: a retried revoke (same actor, same reason) unconfirmed alongside
     // it must not take the other's tombstone for its own and audit the revocation twice.
-    const nonce = randomBytes(12).toString('base64url')
+    const nonce = newNonce()
     let revocation: Revocation | null
     try {
       revocation = await deps.store.revoke(id, actor, reason, nonce)
@@ -244,8 +262,11 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
     /** The caller is the only one who could hand out the token: a grant that lands too late is revoked. */
     handedOutByCaller: boolean,
   ): Promise<boolean> {
+    // Names this call's create: an approved request's grant has an id derived from the request, so
+    // a retried issue, or another replica's, unconfirmed alongside this one writes the same grant.
+    const nonce = newNonce()
     try {
-      await deps.store.create(grant)
+      await deps.store.create(grant, nonce)
     } catch (err) {
       if (err instanceof GrantExistsError) return false
       if (err instanceof StoreUnavailableError) {
@@ -255,7 +276,7 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
           handedOutByCaller
             ? 'revoke the grant if it exists: the caller was told the issue failed and its token was never handed out (nor is its grant.issued in the audit trail)'
             : 'nothing to undo (the requester fetches the grant), but its grant.issued is not in the audit trail if it was stored',
-          (l) => l.status !== 'not_found',
+          (l) => wroteIt(l, 'issue', nonce),
           async () => {
             auditIssued(grant, ctx)
             // An approved request's grant is the requester's to fetch; an operator's token died with the failed call.
@@ -343,36 +364,40 @@ export function createGrantService(deps: GrantServiceDeps): GrantService {
       }
       if (lookup.status !== 'active') throw new ApiError('grant_not_found')
       const before = lookup.grant
-      const audited = (after: Grant): void => {
-        if (after.expiresAt <= before.expiresAt) return
+      // Names this call's extension: another call extending the grant to the same expiry (a
+      // retried approval, another replica) writes the same expiry, and only the one whose write
+      // moved it is audited, confirmed or read back late.
+      const nonce = newNonce()
+      const audited = (): void => {
         deps.audit.emit('grant.extended', {
           request_id: ctx.requestId,
           access_request_id: ctx.accessRequestId,
           actor: ctx.actor,
           grant_id: id,
-          subject: after.subject,
-          resource: after.resource,
-          expires_at: new Date(after.expiresAt).toISOString(),
+          subject: before.subject,
+          resource: before.resource,
+          expires_at: new Date(expiresAt).toISOString(),
           previous_expires_at: new Date(before.expiresAt).toISOString(),
         })
       }
       let after: Grant | null
       try {
-        after = await deps.store.extend(id, expiresAt)
+        after = await deps.store.extend(id, expiresAt, nonce)
       } catch (err) {
         if (err instanceof StoreUnavailableError) {
           throw unconfirmed(
             'extend',
             id,
             'nothing to undo, but its grant.extended is not in the audit trail if the grant has the new expiry',
-            (l) => l.status === 'active' && l.grant.expiresAt === expiresAt && expiresAt > before.expiresAt,
-            (l) => audited((l as { grant: Grant }).grant),
+            (l) => wroteIt(l, 'extend', nonce),
+            audited,
           )
         }
         throw err
       }
       if (after === null) throw new ApiError('grant_not_found')
-      audited(after)
+      // Not moved by this call (already as late, or another call's write): nothing to audit.
+      if (after.nonces?.extend === nonce) audited()
       return after
     },
 

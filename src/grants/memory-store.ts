@@ -6,6 +6,7 @@
  */
 import {
   claimedGrant,
+  extendedGrant,
   GrantExistsError,
   StoreUnavailableError,
   type Grant,
@@ -14,6 +15,7 @@ import {
   type GrantStore,
   type GrantStoreOptions,
   type Revocation,
+  withNonces,
 } from './types.js'
 
 /** How often expired grants and tombstones are moved out; reads never depend on it. */
@@ -92,7 +94,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
   return {
     kind: 'memory',
 
-    async create(grant) {
+    async create(grant, nonce) {
       assertOpen()
       const t = now()
       if (grant.expiresAt <= t) throw new RangeError(`grant ${grant.id} has already expired`)
@@ -100,7 +102,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
         throw new GrantExistsError(`grant ${grant.id} already exists`)
       }
       // A frozen copy: the caller may reuse its object, and readers share ours safely.
-      const stored: Grant = Object.freeze({ ...grant, scopes: Object.freeze([...grant.scopes]) })
+      const stored: Grant = Object.freeze({ ...withNonces(grant, nonce !== undefined ? { issue: nonce } : {}), scopes: Object.freeze([...grant.scopes]) })
       grants.set(grant.id, stored)
       emit({ type: 'issued', grant: stored })
     },
@@ -140,6 +142,7 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
         revokedBy: by,
         reason,
         ...(nonce !== undefined ? { nonce } : {}),
+        ...(grant.nonces !== undefined ? { grantNonces: grant.nonces } : {}),
         subject: grant.subject,
         resource: grant.resource,
       })
@@ -149,11 +152,11 @@ export function createMemoryGrantStore(opts: GrantStoreOptions): GrantStore {
       return revocation
     },
 
-    async extend(id, expiresAt) {
+    async extend(id, expiresAt, nonce) {
       assertOpen()
       const grant = liveGrant(id, now())
       if (grant === undefined || expiresAt <= grant.expiresAt) return grant ?? null
-      const extended: Grant = Object.freeze({ ...grant, expiresAt })
+      const extended: Grant = Object.freeze(extendedGrant(grant, expiresAt, nonce))
       grants.set(id, extended)
       emit({ type: 'extended', grant: extended })
       return extended

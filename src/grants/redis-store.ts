@@ -3,8 +3,11 @@
  *
  * Keys (P = keyPrefix, default `jitgate:`):
  *   P{id}:grant    the grant's JSON, with PX so the key dies exactly when the grant does (an
- *                  unclaimed grant's at the end of its claim-by window; claiming it moves the PX)
- *   P{id}:revoked  the revocation tombstone's JSON, PX = max(remaining grant time, minTombstoneMs)
+ *                  unclaimed grant's at the end of its claim-by window; claiming it moves the PX);
+ *                  `nonces` in it names the create that stored it and the extend that last moved
+ *                  its expiry, each written in the same SET as what that call changed
+ *   P{id}:revoked  the revocation tombstone's JSON, PX = max(remaining grant time, minTombstoneMs);
+ *                  it keeps the revoke's nonce and the grant's `nonces` (as `grantNonces`)
  *   P{id}:expiry   the expiry record: the grant's JSON again, kept EXPIRY_RETENTION_MS past the
  *                  expiry, until one replica claims it (claimExpired); revoking deletes it
  *   P{id}:expired  the claim marker, `nonce|grant JSON`: lets a claim whose answer was lost be
@@ -35,6 +38,7 @@ import { Redis } from 'ioredis'
 import { connectionTarget, openFailClosedRedis, quit, reconnectOptions, reportErrors, toError } from './redis-connection.js'
 import {
   claimedGrant,
+  extendedGrant,
   GrantExistsError,
   StoreUnavailableError,
   type Grant,
@@ -43,6 +47,7 @@ import {
   type GrantStore,
   type RedisGrantStoreOptions,
   type Revocation,
+  withNonces,
 } from './types.js'
 
 /**
@@ -65,14 +70,17 @@ return 1
  * there is no grant (so a later revoke never overwrites the tombstone, nor its nonce, that the
  * first one wrote). Atomic, so of two concurrent revokes exactly one finds the grant, and a
  * revoke and an expiry claim never both succeed; the event is published in the same step, so no
- * replica can observe the deletion without the event being on its way.
+ * replica can observe the deletion without the event being on its way. The grant's `nonces`
+ * (strings only) are carried into the tombstone as `grantNonces`.
  */
 const REVOKE_LUA = `
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local remaining = redis.call('PTTL', KEYS[1])
 local grant = cjson.decode(raw)
-local revocation = ARGV[1] .. ',"subject":' .. cjson.encode(grant.subject)
+local nonces = ''
+if type(grant.nonces) == 'table' then nonces = ',"grantNonces":' .. cjson.encode(grant.nonces) end
+local revocation = ARGV[1] .. nonces .. ',"subject":' .. cjson.encode(grant.subject)
   .. ',"resource":' .. cjson.encode(grant.resource) .. '}'
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[2], revocation, 'PX', math.max(remaining, tonumber(ARGV[2])))
@@ -81,11 +89,12 @@ return revocation
 `
 
 /**
- * KEYS: grant, expiry record. ARGV: the grant JSON as the caller read it, the extended JSON, its
- * TTL ms, events channel, the record's TTL ms. Writes only if the grant is still exactly what the
- * caller read (not revoked, not claimed as expired, not extended by someone else meanwhile); the
- * caller reads again otherwise. Returns 1 when written. The record is written unconditionally: a
- * grant stored before expiry records existed gets one here.
+ * KEYS: grant, expiry record. ARGV: the grant JSON as the caller read it, the extended JSON (the
+ * new expiry and the extend's nonce, in one record), its TTL ms, events channel, the record's TTL
+ * ms. Writes only if the grant is still exactly what the caller read (not revoked, not claimed as
+ * expired, not extended by someone else meanwhile); the caller reads again otherwise. Returns 1
+ * when written. The record is written unconditionally: a grant stored before expiry records
+ * existed gets one here.
  */
 const EXTEND_LUA = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -335,10 +344,10 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
   return {
     kind: 'redis',
 
-    async create(grant) {
+    async create(grant, nonce) {
       const ttlMs = grant.expiresAt - now()
       if (ttlMs <= 0) throw new RangeError(`grant ${grant.id} has already expired`)
-      const json = JSON.stringify(grant)
+      const json = JSON.stringify(withNonces(grant, nonce !== undefined ? { issue: nonce } : {}))
       return op('create', async () => {
         // Index first (NX: never move an existing entry), in the same write burst as the script.
         // An entry left behind by a failed create is harmless: list() skips ids without a grant
@@ -389,7 +398,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
       })
     },
 
-    extend(id, expiresAt) {
+    extend(id, expiresAt, nonce) {
       return op('extend', async () => {
         for (let attempt = 0; attempt < EXTEND_ATTEMPTS; attempt++) {
           const current = await client.get(grantKey(id))
@@ -398,7 +407,7 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
           const t = now()
           if (grant.expiresAt <= t) return null
           if (expiresAt <= grant.expiresAt) return grant
-          const extended: Grant = { ...grant, expiresAt }
+          const extended = extendedGrant(grant, expiresAt, nonce)
           const json = JSON.stringify(extended)
           const ttlMs = expiresAt - t
           if ((await client.jitgateExtend(grantKey(id), expiryKey(id), current, json, ttlMs, channel, ttlMs + EXPIRY_RETENTION_MS)) === 1) {

@@ -25,6 +25,40 @@ export interface Grant {
    * then, it is claimed (see GrantStore.claim); unused, it ends.
    */
   readonly claim?: GrantClaim
+  /**
+   * Which calls wrote this record (see GrantNonces). Set by the store only, from the nonces its
+   * callers pass to `create` and `extend`; internal to jitgate: never in an API response, an audit
+   * event or a token.
+   */
+  readonly nonces?: GrantNonces
+}
+
+/**
+ * The nonces of the writes behind a grant's record, each chosen by the call that wrote it: a caller
+ * whose answer was lost (a hung store runs a write after the caller's deadline) reads the grant
+ * back and tells its own write from a concurrent call's that wrote the same thing (two replicas
+ * issuing one approved request's grant, a retried extension) by its nonce alone.
+ */
+export interface GrantNonces {
+  /** The create that stored the grant (GrantStore.create); kept by every later write. */
+  readonly issue?: string
+  /** The extend that last moved the expiry (GrantStore.extend), written with that expiry. */
+  readonly extend?: string
+}
+
+/** `grant` with `nonces` as given (none at all when `nonces` has none), whatever it carried before. */
+export function withNonces(grant: Grant, nonces: GrantNonces): Grant {
+  const { nonces: _previous, ...rest } = grant
+  return nonces.issue === undefined && nonces.extend === undefined ? rest : { ...rest, nonces: Object.freeze({ ...nonces }) }
+}
+
+/**
+ * The record an extension writes: the new expiry and, in the same record, the extend's nonce (none
+ * when it chose none); the create's nonce stays.
+ */
+export function extendedGrant(grant: Grant, expiresAt: number, nonce: string | undefined): Grant {
+  const issue = grant.nonces?.issue
+  return withNonces({ ...grant, expiresAt }, { ...(issue !== undefined ? { issue } : {}), ...(nonce !== undefined ? { extend: nonce } : {}) })
 }
 
 export interface GrantClaim {
@@ -74,6 +108,11 @@ export interface Revocation {
    * a concurrent call's (same actor, same reason) by this alone.
    */
   readonly nonce?: string
+  /**
+   * The revoked grant's `nonces`, as its record last had them (absent when it had none): a create
+   * or an extend whose answer was lost still finds its own write when a revoke came after it.
+   */
+  readonly grantNonces?: GrantNonces
   /** The revoked grant's subject and resource, kept for the denial's audit event. */
   readonly subject: string
   readonly resource: string
@@ -111,9 +150,11 @@ export interface GrantStore {
    * Stores a new grant; its record disappears by itself at `expiresAt`.
    * Rejects with GrantExistsError when the id is taken (by an active grant or a revocation
    * tombstone, so a revoked id can never come back), RangeError when `expiresAt` has already
-   * passed, StoreUnavailableError when the store is down.
+   * passed, StoreUnavailableError when the store is down. `nonce` is written into the record as
+   * `nonces.issue` (the `nonces` of the given grant are not stored): of concurrent creates of one
+   * id, the record names the one that stored it.
    */
-  create(grant: Grant): Promise<void>
+  create(grant: Grant, nonce?: string): Promise<void>
   /** Active grant, revocation tombstone, or not found. An expired grant is `not_found`. */
   get(id: string): Promise<GrantLookup>
   /** Active (unexpired, unrevoked) grants, soonest expiry first. */
@@ -132,9 +173,12 @@ export interface GrantStore {
    * Moves an active grant's expiry to `expiresAt` and tells every replica (an `extended` event).
    * Never shortens a grant: an `expiresAt` at or before the current one changes nothing (so a
    * retried extension is harmless). Returns the grant as it now is, or null when no active grant
-   * has this id (never issued, expired or revoked).
+   * has this id (never issued, expired or revoked). The new expiry and `nonce` (as
+   * `nonces.extend`, or none when no nonce is given) are written in one step; an extend that
+   * changes nothing leaves the record, and its nonces, as they are. So of concurrent extends to
+   * one expiry, the record names the one that moved it.
    */
-  extend(id: string, expiresAt: number): Promise<Grant | null>
+  extend(id: string, expiresAt: number, nonce?: string): Promise<Grant | null>
   /**
    * Hands over the grants that have reached their expiry without being revoked, each to exactly one
    * caller across every replica sharing the store, so that each expiry is reported once (the

@@ -6,16 +6,20 @@
  * record. The exact inputs of a finding: POST /v1/grants and DELETE /v1/grants/{id} while Redis
  * is stopped, then SIGCONT. The same for the access-request workflow: a request created into the
  * hang (listed and swept once it lands), and a stage-1 approval that lands late and is built on by
- * the next approval before the gateway reads behind it.
+ * the next approval before the gateway reads behind it. Two calls writing the same thing during one
+ * hang (two issues of one approved request's grant, two extensions to one expiry, two revokes) are
+ * audited once: each write carries its own nonce, and only the call that finds its own is audited.
  */
 import t, { type Test } from 'tap'
 import { PassThrough, Writable } from 'node:stream'
 import { pino } from 'pino'
+import { Redis } from 'ioredis'
 import { startTestGateway, call, sleep, ADMIN_TOKEN, type AuditRecord } from '../helpers/gateway.js'
 import { startRedis } from '../helpers/redis-server.js'
 import { auditValidator } from '../helpers/audit-schema.js'
 import { createRedisGrantStore } from '../../src/grants/redis-store.js'
-import { StoreUnavailableError, type GrantStore } from '../../src/grants/types.js'
+import { StoreUnavailableError, type Grant, type GrantStore } from '../../src/grants/types.js'
+import { createMemoryGrantStore } from '../../src/grants/memory-store.js'
 import { createGrantService, type GrantService, RECONCILE_ACTOR, RECONCILE_EVERY_MS, UNCONFIRMED_ISSUE_REASON } from '../../src/control/grant-service.js'
 import { createAuditLog } from '../../src/audit/audit-log.js'
 import { createMetrics } from '../../src/metrics/metrics.js'
@@ -181,8 +185,8 @@ t.test('a write that never ran leaves nothing to audit; an extension confirmed l
   // The extension's answer is lost after it ran (what a reply after the deadline looks like to
   // the service): the store is real, only the confirmation goes missing.
   const replyLost: GrantStore = Object.assign(Object.create(store) as GrantStore, {
-    extend: async (id: string, expiresAt: number) => {
-      await store.extend(id, expiresAt)
+    extend: async (id: string, expiresAt: number, nonce?: string) => {
+      await store.extend(id, expiresAt, nonce)
       throw new StoreUnavailableError('redis extend: no answer within 200 ms')
     },
   })
@@ -206,6 +210,157 @@ t.test('a write that never ran leaves nothing to audit; an extension confirmed l
   t.equal(await codeOf(grants.revoke(grant.id, 'operator', 'x', 'req-2')), 'store_unavailable')
   await sleep(1500)
   t.notOk(events.some((e) => e.event === 'grant.revoked'), 'no event for a revoke that never ran')
+})
+
+/** The grant of an approved access request: its id derived from the request, so every issue of it writes the same grant. */
+function approvedGrant(): Grant {
+  const now = Date.now()
+  return {
+    id: `g_r${now.toString(36)}approved`,
+    subject: 'acme',
+    resource: 'api',
+    scopes: ['GET /api/**'],
+    startsAt: now,
+    expiresAt: Math.floor((now + 600_000) / 1000) * 1000,
+    createdAt: now,
+    issuedBy: 'carol',
+    reason: 'SUP-1: export broken',
+    policyVersion: 'v',
+  }
+}
+
+/** Resolves once `check` holds; fails the test after 10 s. */
+async function until(t: Test, what: string, check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 10_000
+  while (!check()) {
+    if (Date.now() > deadline) return void t.fail(`${what}: not within 10 s`)
+    await sleep(20)
+  }
+}
+
+t.test("two issues of one approved request's grant answered 503 while Redis hangs: exactly one grant.issued once it wakes", async (t) => {
+  const redis = await startRedis(t)
+  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
+  const { grants, events, logs } = serviceOver(t, store)
+  await store.ping()
+  const grant = approvedGrant()
+  const ctx = { actor: 'carol', requestId: 'req-1', accessRequestId: 'r_1' }
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  // The approving replica's issue, then the requester's read issuing the same grant again (or a
+  // second replica): both creates are sent into the hang, and both find "the grant exists" later.
+  t.equal(await codeOf(grants.issueApproved(grant, ctx)), 'store_unavailable')
+  t.equal(await codeOf(grants.issueApproved(grant, { ...ctx, requestId: 'req-2' })), 'store_unavailable')
+  await sleep(300)
+  redis.resume()
+
+  const issued = () => events.filter((e) => e.event === 'grant.issued' && e.grant_id === grant.id)
+  await until(t, 'grant.issued', () => issued().length > 0)
+  // Both reads behind the writes have seen the grant by now (one every RECONCILE_EVERY_MS).
+  await sleep(4 * RECONCILE_EVERY_MS)
+  t.equal(issued().length, 1, 'one grant, one grant.issued')
+  const lookup = await store.get(grant.id)
+  t.equal(lookup.status, 'active', "an approved request's grant is the requester's to fetch: not revoked")
+  t.match(issued()[0], { request_id: 'req-1', actor: 'carol', access_request_id: 'r_1', subject: 'acme', resource: 'api' }, 'for the call whose create stored it: the first sent')
+  const nonce = lookup.status === 'active' ? lookup.grant.nonces?.issue : undefined
+  t.match(nonce, /^[\w-]{16}$/, 'the record names its create')
+  t.notOk(JSON.stringify(events).includes(nonce as string) || JSON.stringify(events).includes('nonce'), 'no nonce in the audit trail')
+  t.notOk(events.some((e) => e.event === 'grant.revoked'))
+  t.same(logs.filter((l) => l.level === 'warn'), [], 'nothing left unknown')
+  await grants.stop()
+})
+
+t.test('two issues of one grant during a hang, then a revoke of it before the reads behind them: one grant.issued, one grant.revoked', async (t) => {
+  const redis = await startRedis(t)
+  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
+  const { grants, events } = serviceOver(t, store)
+  await store.ping()
+  const grant = approvedGrant()
+  const ctx = { actor: 'carol', requestId: 'req-1', accessRequestId: 'r_1' }
+
+  redis.pause()
+  t.teardown(() => redis.resume())
+  t.equal(await codeOf(grants.issueApproved(grant, ctx)), 'store_unavailable')
+  t.equal(await codeOf(grants.issueApproved(grant, { ...ctx, requestId: 'req-2' })), 'store_unavailable')
+  // The id was in the 503: an operator revokes it, into the same hang.
+  t.equal(await codeOf(grants.revoke(grant.id, 'operator', 'not wanted', 'req-3')), 'store_unavailable')
+  // Every read sent before the revoke has timed out: the reads that see the grant see its tombstone.
+  await sleep(600)
+  redis.resume()
+
+  await until(t, 'grant.issued and grant.revoked', () => events.some((e) => e.event === 'grant.issued') && events.some((e) => e.event === 'grant.revoked'))
+  await sleep(4 * RECONCILE_EVERY_MS)
+  t.match(events.filter((e) => e.event === 'grant.issued'), [{ grant_id: grant.id, request_id: 'req-1', actor: 'carol' }], 'the create that stored it, once')
+  t.match(events.filter((e) => e.event === 'grant.revoked'), [{ grant_id: grant.id, request_id: 'req-3', actor: 'operator', reason: 'not wanted' }])
+  const lookup = await store.get(grant.id)
+  t.match(lookup, { status: 'revoked', revocation: { grantNonces: { issue: String } } }, 'the tombstone keeps the nonce of the create')
+  await grants.stop()
+})
+
+t.test('two extensions of one grant to the same expiry answered 503 while Redis hangs: exactly one grant.extended once it wakes', async (t) => {
+  const redis = await startRedis(t)
+  const store = createRedisGrantStore({ url: redis.url, keyPrefix: 'uw:', timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
+  const raw = new Redis(redis.url)
+  t.teardown(() => raw.disconnect())
+  const { grants, events, logs } = serviceOver(t, store)
+  const ctx = { actor: 'carol', requestId: 'req-1', accessRequestId: 'r_2' }
+  const { grant } = await grants.issue(operatorIssue)
+  // A running gateway has extended before: its extend script is in Redis's cache.
+  const first = await grants.extend(grant.id, grant.expiresAt + 60_000, ctx)
+  const target = first.expiresAt + 60_000
+
+  // The hang begins after both calls read the grant, before their writes: CLIENT PAUSE WRITE lets
+  // the reads through and holds the writes (a SIGSTOP before the calls would fail their reads, and
+  // no write would be sent), then SIGSTOP hangs Redis altogether.
+  await raw.call('CLIENT', 'PAUSE', '60000', 'WRITE')
+  const calls = await Promise.all([
+    codeOf(grants.extend(grant.id, target, { ...ctx, requestId: 'req-2' })),
+    codeOf(grants.extend(grant.id, target, { ...ctx, requestId: 'req-3' })),
+  ])
+  t.same(calls, ['store_unavailable', 'store_unavailable'], 'both answered 503')
+  redis.pause()
+  t.teardown(() => redis.resume())
+  await sleep(300)
+  redis.resume()
+  await raw.call('CLIENT', 'UNPAUSE')
+
+  const extended = () => events.filter((e) => e.event === 'grant.extended' && e.expires_at === new Date(target).toISOString())
+  await until(t, 'grant.extended', () => extended().length > 0)
+  await sleep(4 * RECONCILE_EVERY_MS)
+  t.equal(extended().length, 1, 'one extension, one grant.extended')
+  t.match(extended()[0], {
+    grant_id: grant.id,
+    actor: 'carol',
+    request_id: /^req-[23]$/,
+    previous_expires_at: new Date(first.expiresAt).toISOString(),
+  })
+  const lookup = await store.get(grant.id)
+  t.match(lookup, { status: 'active', grant: { expiresAt: target, nonces: { extend: String } } })
+  t.notOk(JSON.stringify(events).includes('nonce'), 'no nonce in the audit trail')
+  t.same(logs.filter((l) => l.level === 'warn'), [], 'nothing left unknown')
+
+  // Redis is back: a retry of the same extension changes nothing, and is not audited again.
+  await grants.extend(grant.id, target, { ...ctx, requestId: 'req-4' })
+  t.equal(extended().length, 1, 'a retry once Redis is back: still one')
+  await grants.stop()
+})
+
+t.test('two confirmed extensions racing to one expiry: one grant.extended, for the call that moved it', async (t) => {
+  const store = createMemoryGrantStore({ timeoutMs: 200, minTombstoneMs: 60_000 })
+  t.teardown(() => store.close())
+  const { grants, events } = serviceOver(t, store)
+  const { grant } = await grants.issue(operatorIssue)
+  const ctx = { actor: 'carol', requestId: 'req-1', accessRequestId: 'r_3' }
+  const target = grant.expiresAt + 60_000
+  // Both read the grant before either writes: the expiry alone would make both look like the one that moved it.
+  const [a, b] = await Promise.all([grants.extend(grant.id, target, ctx), grants.extend(grant.id, target, { ...ctx, requestId: 'req-2' })])
+  t.strictSame(a, b, 'both answer the one extended grant')
+  t.match(events.filter((e) => e.event === 'grant.extended'), [{ grant_id: grant.id, expires_at: new Date(target).toISOString() }])
+  t.equal(events.filter((e) => e.event === 'grant.extended').length, 1)
 })
 
 t.test('stopping while Redis still hangs: each unconfirmed write is logged by grant id, with what to do', async (t) => {

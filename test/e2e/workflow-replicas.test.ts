@@ -12,8 +12,9 @@ import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { decodeJwt } from 'jose'
+import { Redis } from 'ioredis'
 import { startRedis } from '../helpers/redis-server.js'
-import { startTestGateway, call, type TestGateway, type AuditRecord } from '../helpers/gateway.js'
+import { startTestGateway, call, ADMIN_TOKEN, type TestGateway, type AuditRecord } from '../helpers/gateway.js'
 import { startUpstream } from '../helpers/upstream.js'
 import { auditValidator } from '../helpers/audit-schema.js'
 import { api, makeWorld, principalsYaml, type WorkflowWorld } from '../helpers/workflow.js'
@@ -42,6 +43,8 @@ interface Pair {
   readonly a: TestGateway
   readonly b: TestGateway
   readonly w: WorkflowWorld
+  /** The replicas' Redis key prefix. */
+  readonly keyPrefix: string
   /** Both replicas' audit events of one name. */
   events(name: string): AuditRecord[]
 }
@@ -60,11 +63,12 @@ resources:
     websocket: true
 ${principalsYaml(w, opts.principals)}`
   const dataDir = mkdtempSync(join(tmpdir(), 'jitgate-wf-'))
-  const env = { ...w.env, REDIS_URL: opts.redisUrl ?? redis.url, JITGATE_KEY_PREFIX: `wf${++prefixes}:`, HOOK_SECRET: 'hook-secret-0123456789' }
+  const keyPrefix = `wf${++prefixes}:`
+  const env = { ...w.env, REDIS_URL: opts.redisUrl ?? redis.url, JITGATE_KEY_PREFIX: keyPrefix, HOOK_SECRET: 'hook-secret-0123456789' }
   const common = { policy, env, config: w.config, dataDir, ...(opts.upstream !== undefined ? { upstream: opts.upstream } : {}) }
   const a = await startTestGateway(t, common)
   const b = await startTestGateway(t, common)
-  return { a, b, w, events: (name) => [...a.audit, ...b.audit].filter((e) => e.event === name) }
+  return { a, b, w, keyPrefix, events: (name) => [...a.audit, ...b.audit].filter((e) => e.event === name) }
 }
 
 function auditValid(t: Test, p: Pair): void {
@@ -161,6 +165,46 @@ t.test('extend keeps an open WebSocket open and moves its cut-off, across replic
   const end = await closed
   t.match(end, { code: 1008, reason: 'grant expired' })
   t.ok(end.at >= newExpiry - 50, 'closed at the new cut-off, not before')
+  auditValid(t, p)
+})
+
+t.test('the nonces naming grant writes stay in the store: never in an API answer, an audit line or a token', async (t) => {
+  const p = await replicas(t, { principals: { entitlement: '        auto_approve: { max_duration: 2h, scopes: ["GET /crm/customers/**"] }' } })
+  const raw = new Redis(redis.url)
+  t.teardown(() => raw.disconnect())
+  const acme = async () => ({ bearer: await p.w.acme.assertion() })
+  const first = await api(p.a.controlUrl, 'POST', '/v1/requests', await acme(), ASK)
+  t.match(first.json, { status: 'approved', decided_by: 'auto-approval', token: /^eyJ/ })
+  const grantId = first.json.grant.id as string
+  const ext = await api(p.b.controlUrl, 'POST', `/v1/requests/${first.json.id}/extend`, await acme(), { duration: '1h', reason: 'more' })
+  t.match(ext, { status: 201, json: { kind: 'extension', status: 'approved', grant: { status: 'active' } } })
+
+  const record = JSON.parse((await raw.get(`${p.keyPrefix}{${grantId}}:grant`)) as string) as { nonces?: { issue?: string; extend?: string } }
+  t.match(record.nonces, { issue: /^[\w-]{16}$/, extend: /^[\w-]{16}$/ }, 'the record names its create and its extension')
+  const secrets = [record.nonces?.issue as string, record.nonces?.extend as string, 'nonce']
+  const read = await api(p.b.controlUrl, 'GET', `/v1/requests/${first.json.id}`, await acme())
+  const answers = [
+    first.json,
+    ext.json,
+    read.json,
+    (await call(`${p.a.controlUrl}/v1/grants/${grantId}`, { token: ADMIN_TOKEN })).json,
+    (await call(`${p.b.controlUrl}/v1/grants`, { token: ADMIN_TOKEN })).json,
+  ]
+  t.equal(await p.a.revoke(grantId, 'done'), 204)
+  const tombstone = JSON.parse((await raw.get(`${p.keyPrefix}{${grantId}}:revoked`)) as string) as { grantNonces?: unknown }
+  t.same(tombstone.grantNonces, record.nonces, 'the tombstone keeps them')
+  answers.push((await call(`${p.b.controlUrl}/v1/grants/${grantId}`, { token: ADMIN_TOKEN })).json)
+  t.match(answers.at(-1), { id: grantId, status: 'revoked' })
+  for (const [i, answer] of answers.entries()) {
+    t.same(secrets.filter((s) => JSON.stringify(answer).includes(s)), [], `API answer ${i}: no nonce`)
+  }
+  const audit = p.a.auditText() + p.b.auditText()
+  t.ok(audit.includes(grantId), 'the grant is in the audit trail')
+  t.same(secrets.filter((s) => audit.includes(s)), [], 'the audit trail: no nonce')
+  // Tokens carry the standard claims only, as before the nonces.
+  for (const token of [first.json.token as string, read.json.token as string]) {
+    t.same(Object.keys(decodeJwt(token)).sort(), ['aud', 'exp', 'iat', 'iss', 'jti', 'nbf', 'sub'])
+  }
   auditValid(t, p)
 })
 

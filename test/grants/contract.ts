@@ -332,6 +332,104 @@ export function grantStoreContract(t: Test, name: string, makeStore: MakeStore):
       t.equal(await store.extend('no-such-grant', Date.now() + 60_000), null)
     })
 
+    t.test('create writes its nonce into the record (and its event); of concurrent creates of one id, the record names the one that stored it', async (t) => {
+      const store = await open(t)
+      const rec = recordEvents(store)
+      t.teardown(rec.unsubscribe)
+      await untilSubscribed(store, rec)
+      const grant = makeGrant()
+      const results = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => store.create(grant, `i${i}`)))
+      const winner = results.findIndex((r) => r.status === 'fulfilled')
+      t.equal(results.filter((r) => r.status === 'fulfilled').length, 1, 'one create stored it')
+      t.ok(results.every((r) => r.status === 'fulfilled' || r.reason instanceof GrantExistsError), 'the others were refused')
+      const stored = { ...grant, nonces: { issue: `i${winner}` } }
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: stored }, 'the nonce of the create that stored it')
+      t.strictSame(await rec.waitFor(isIssued(grant.id)), { type: 'issued', grant: stored })
+      t.strictSame(await store.list().then((all) => all.filter((g) => g.id === grant.id)), [stored])
+
+      const carrying = makeGrant({ nonces: { issue: 'not-this-call', extend: 'nor-this' } })
+      await store.create(carrying)
+      const { nonces: _nonces, ...plain } = carrying
+      t.strictSame(await store.get(carrying.id), { status: 'active', grant: plain }, "no nonce given, none stored (the given grant's are not)")
+      const other = makeGrant({ nonces: { extend: 'not-this-call' } })
+      await store.create(other, 'mine')
+      t.strictSame(await store.get(other.id), { status: 'active', grant: { ...other, nonces: { issue: 'mine' } } })
+    })
+
+    t.test("extend writes its nonce with the new expiry, in one record; the create's nonce stays", async (t) => {
+      const store = await open(t)
+      const rec = recordEvents(store)
+      t.teardown(rec.unsubscribe)
+      await untilSubscribed(store, rec)
+      const grant = makeGrant()
+      await store.create(grant, 'i')
+      const later = grant.expiresAt + 60_000
+      const first = { ...grant, expiresAt: later, nonces: { issue: 'i', extend: 'e1' } }
+      t.strictSame(await store.extend(grant.id, later, 'e1'), first)
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: first })
+      t.strictSame(await rec.waitFor(isExtended(grant.id)), { type: 'extended', grant: first })
+      t.strictSame(await store.extend(grant.id, later, 'e2'), first, 'the same expiry again: the record still names the extend that moved it')
+      t.strictSame(await store.extend(grant.id, grant.expiresAt, 'e3'), first, 'an earlier one changes nothing either')
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: first })
+      const second = { ...grant, expiresAt: later + 60_000, nonces: { issue: 'i', extend: 'e4' } }
+      t.strictSame(await store.extend(grant.id, later + 60_000, 'e4'), second, 'the next extension names itself')
+      const third = { ...grant, expiresAt: later + 120_000, nonces: { issue: 'i' } }
+      t.strictSame(await store.extend(grant.id, later + 120_000), third, "an extend without a nonce leaves none of its own, nor the previous extend's")
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: third })
+
+      const plain = makeGrant()
+      await store.create(plain)
+      t.strictSame(await store.extend(plain.id, later), { ...plain, expiresAt: later }, 'no nonces at all: none appear')
+    })
+
+    t.test('of concurrent extends to one expiry with their own nonces, the record names the one that moved it', async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant, 'i')
+      const later = grant.expiresAt + 60_000
+      const results = await Promise.all(Array.from({ length: 10 }, (_, i) => store.extend(grant.id, later, `e${i}`)))
+      const lookup = await store.get(grant.id)
+      const record = lookup.status === 'active' ? lookup.grant : undefined
+      t.equal(record?.expiresAt, later)
+      t.match(record?.nonces, { issue: 'i', extend: /^e\d$/ })
+      t.strictSame(results, results.map(() => record), 'every call answers the one record, so exactly one finds its own nonce')
+    })
+
+    t.test("the tombstone keeps the revoked grant's nonces", async (t) => {
+      const store = await open(t)
+      const grant = makeGrant()
+      await store.create(grant, 'i')
+      await store.extend(grant.id, grant.expiresAt + 60_000, 'e')
+      const revocation = await store.revoke(grant.id, 'bob', 'done', 'r')
+      t.strictSame(revocation, {
+        id: grant.id,
+        revokedAt: revocation?.revokedAt,
+        revokedBy: 'bob',
+        reason: 'done',
+        nonce: 'r',
+        grantNonces: { issue: 'i', extend: 'e' },
+        subject: grant.subject,
+        resource: grant.resource,
+      })
+      t.strictSame(await store.get(grant.id), { status: 'revoked', revocation })
+
+      const plain = makeGrant()
+      await store.create(plain)
+      const r = await store.revoke(plain.id, 'bob', 'done')
+      t.notOk(r !== null && 'grantNonces' in r, 'a grant without nonces: none in the tombstone')
+    })
+
+    t.test("a first use keeps the grant's nonces", async (t) => {
+      const store = await open(t)
+      const grant = unclaimedGrant({ withinMs: 60_000, durationMs: 600_000 })
+      await store.create(grant, 'i')
+      const lookup = await store.get(grant.id)
+      const result = lookup.status === 'active' ? await store.claim(lookup.grant, Date.now()) : null
+      t.equal(result?.claimed, true)
+      t.strictSame(result?.grant.nonces, { issue: 'i' })
+      t.strictSame(await store.get(grant.id), { status: 'active', grant: result?.grant })
+    })
+
     t.test('an extended grant outlives its first expiry, then ends at the new one (real time)', async (t) => {
       const store = await open(t)
       const grant = makeGrant({ expiresAt: Date.now() + 500 })
