@@ -154,11 +154,42 @@ function resumeBeforeEnd(this: Socket): void {
   }
 }
 
-function connectorWith(timeoutMs: number): buildConnector.connector {
+/**
+ * The same assertion on a reset or a close (undici takes ECONNRESET or a close after a response
+ * without keep-alive for its end): the socket is destroyed by then, so there is nothing to resume.
+ * Before undici's own listener runs, its parser's `finish` is made to clear the paused flag first,
+ * which is the upstream fix (nodejs/undici#5389): llhttp answers "paused" again and the response
+ * ends as an error, the client's connection cut, instead of the process. Done once, on the shared
+ * prototype, the first time an upstream connection errors, closes or ends.
+ */
+const FINISH_GUARDED = Symbol('jitgate.finishGuarded')
+
+/** Exported for tests only. */
+export function guardFinish(this: Socket): void {
+  const parser = (this as Socket & Record<symbol, object | null | undefined>)[kParser]
+  if (parser == null) return
+  const proto = Object.getPrototypeOf(parser) as { finish?: (this: PausableParser & { paused: boolean }) => unknown; [FINISH_GUARDED]?: true }
+  if (proto[FINISH_GUARDED] === true || typeof proto.finish !== 'function') return
+  const finish = proto.finish
+  proto.finish = function guardedFinish(this: PausableParser & { paused: boolean }) {
+    if (this.paused) this.paused = false
+    return finish.call(this)
+  }
+  proto[FINISH_GUARDED] = true
+}
+
+/** The upstream connector with the guards above. Exported for tests only. */
+export function connectorWith(timeoutMs: number): buildConnector.connector {
   const connect = buildConnector({ timeout: timeoutMs })
   return (options, callback) =>
     connect(options, (...args) => {
-      args[1]?.prependListener('end', resumeBeforeEnd)
+      const socket = args[1]
+      if (socket != null) {
+        socket.prependListener('end', guardFinish)
+        socket.prependListener('end', resumeBeforeEnd)
+        socket.prependListener('error', guardFinish)
+        socket.prependListener('close', guardFinish)
+      }
       callback(...args)
     })
 }

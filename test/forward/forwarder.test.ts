@@ -630,6 +630,39 @@ t.test('an upstream that closes after each response, with a slow or vanishing cl
   }
 })
 
+t.test('an upstream that resets its connection after a close-delimited response, to a client not reading, never takes the gateway down', async (t) => {
+  // The exact input of a finding: `Connection: close`, a close-delimited body, then an RST
+  // (SO_LINGER 0) while the gateway's parser was paused for a client that does not read: undici
+  // took the ECONNRESET for the end of the body and threw the same uncatchable assertion.
+  const server = createNetServer((socket) => {
+    socket.on('error', () => {})
+    socket.once('data', (d: Buffer) => {
+      const size = Number(/n=(\d+)/.exec(d.toString())?.[1] ?? 0)
+      socket.write('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n')
+      socket.write(Buffer.alloc(size, 0x79), () => socket.resetAndDestroy())
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  const gw = await startGateway(t, `http://127.0.0.1:${(server.address() as AddressInfo).port}`)
+  const u = new URL(gw.origin)
+  for (const size of [64 * 1024, 512 * 1024, 2 * 1024 * 1024, 2900 * 1024, 4 * 1024 * 1024]) {
+    const socket = netConnect(Number(u.port), u.hostname, () => socket.write(`GET /reset?n=${size} HTTP/1.1\r\nHost: a\r\n\r\n`))
+    socket.pause()
+    socket.on('error', () => {})
+    // The client reads nothing for a while (the reset arrives meanwhile), then leaves.
+    setTimeout(() => socket.destroy(), 300)
+    const outcome = await gw.outcomes.next()
+    t.ok(outcome.ok || outcome.code === 'client_aborted' || outcome.code === 'upstream_unavailable', `${size} bytes then RST: ${outcome.ok ? 'ok' : outcome.code}`)
+  }
+  // Still serving.
+  const probe = netConnect(Number(u.port), u.hostname, () => probe.write('GET /reset?n=10 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'))
+  let text = ''
+  probe.on('data', (c: Buffer) => (text += c.toString()))
+  await new Promise((resolve) => probe.on('close', resolve).on('error', resolve))
+  t.match(text, /^HTTP\/1\.1 (200|502) /, 'the gateway still answers')
+})
+
 t.test('WebSocket', async (t) => {
   t.test('echo through the tunnel; handshake headers prepared like any request', async (t) => {
     const up = await startWsUpstream(t)
