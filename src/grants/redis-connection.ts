@@ -70,6 +70,8 @@ export interface FailClosedRedis {
   /** Runs one operation under the deadline; see the module comment. */
   op<T>(what: string, fn: () => Promise<T>): Promise<T>
   readonly closed: boolean
+  /** Operations waiting for the connection to be ready (each for at most the deadline). */
+  readonly waiting: number
   /** Refuses further operations and quits the connection (bounded by the deadline). */
   close(): Promise<void>
 }
@@ -89,18 +91,17 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
   client.connect().catch(() => {})
 
   /**
-   * Resolves at the next 'ready'. Without an offline queue, a command sent while (re)connecting
-   * fails at once; waiting here (within the caller's deadline) instead lets the first requests
-   * after startup, or after a short blip, succeed. One shared promise, not a listener per caller.
+   * Operations waiting for the next 'ready'. Without an offline queue, a command sent while
+   * (re)connecting fails at once; waiting here (within the caller's deadline) instead lets the
+   * first requests after startup, or after a short blip, succeed. One listener for all of them;
+   * each leaves the set when its deadline passes.
    */
-  let readyWaiter: Promise<void> | undefined
-  const nextReady = (): Promise<void> =>
-    (readyWaiter ??= new Promise<void>((resolve) => {
-      client.once('ready', () => {
-        readyWaiter = undefined
-        resolve()
-      })
-    }))
+  const waiting = new Set<() => void>()
+  client.on('ready', () => {
+    const now = [...waiting]
+    waiting.clear()
+    for (const go of now) go()
+  })
 
   const deadlines = new Deadlines(timeoutMs)
   let closed = false
@@ -109,11 +110,20 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
     get closed() {
       return closed
     },
+    get waiting() {
+      return waiting.size
+    },
     op<T>(what: string, fn: () => Promise<T>): Promise<T> {
       if (closed) return Promise.reject(new StoreUnavailableError(`${opts.name} is closed`))
       return new Promise<T>((resolve, reject) => {
+        let waiter: (() => void) | undefined
         // On the hot path (connection ready) the cost is one queue entry: no timer of its own.
-        const deadline = deadlines.add(() => reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`)))
+        const deadline = deadlines.add(() => {
+          // A caller told it failed leaves the wait: nothing of it is kept while Redis stays away
+          // (a reaction per failed call on one shared promise grew without bound in an outage).
+          if (waiter !== undefined) waiting.delete(waiter)
+          reject(new StoreUnavailableError(`redis ${what}: no answer within ${timeoutMs} ms`))
+        })
         let work: Promise<T>
         try {
           // Waiting for the connection, the operation is sent only if its caller is still waiting:
@@ -121,9 +131,18 @@ export function openFailClosedRedis(opts: FailClosedRedisOptions): FailClosedRed
           work =
             client.status === 'ready'
               ? fn()
-              : nextReady().then(() => {
-                  if (deadline.settled) throw new StoreUnavailableError(`redis ${what}: gave up before the connection was ready`)
-                  return fn()
+              : new Promise<T>((ready, failed) => {
+                  waiter = () => {
+                    if (deadline.settled) failed(new StoreUnavailableError(`redis ${what}: gave up before the connection was ready`))
+                    else {
+                      try {
+                        fn().then(ready, failed)
+                      } catch (err) {
+                        failed(err)
+                      }
+                    }
+                  }
+                  waiting.add(waiter)
                 })
         } catch (err) {
           work = Promise.reject(err)
