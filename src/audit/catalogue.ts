@@ -106,7 +106,7 @@ export const EVENTS = {
     optional: ['subject', 'grant_id', 'resource'],
   },
   'connection.closed': {
-    summary: 'A WebSocket opened through the gateway closed. `reason`: `grant_expired`, `grant_revoked`, `outside_window` or `grant_not_entitled` (the policy in force no longer allows it: re-checked every second) or `gateway_shutdown` when the gateway closed it, `closed` when a peer did.',
+    summary: 'A WebSocket opened through the gateway closed. `reason`: `grant_expired`, `grant_revoked`, `outside_window` or `grant_not_entitled` (the policy in force no longer allows it: re-checked every second), `store_unavailable` (the grant could not be read again once the handshake completed) or `gateway_shutdown` when the gateway closed it, `closed` when a peer did.',
     emitter: 'data plane',
     required: [...PROXIED, 'reason', 'duration_ms'],
     optional: [],

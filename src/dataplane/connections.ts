@@ -76,6 +76,11 @@ export class ConnectionRegistry {
     return set.size
   }
 
+  /** Closes one tracked connection. */
+  closeOne(grantId: string, handle: UpgradeHandle, reason: string, message: string): void {
+    for (const entry of this.#byGrant.get(grantId) ?? []) if (entry.handle === handle) this.#close(entry, CLOSE_POLICY, reason, message)
+  }
+
   /** Moves the cut-off of a grant's connections (grant extended). */
   extendGrant(grantId: string, expiresAt: number): void {
     for (const entry of this.#byGrant.get(grantId) ?? []) this.#arm(entry, expiresAt)

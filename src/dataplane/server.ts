@@ -223,9 +223,22 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     countRequest(d.resource.id, 'allow', 'ok')
     audit.emit('access.allowed', { ...base, status: 101, duration_ms: elapsed(started) })
     metrics.websockets.inc({ resource: d.resource.id })
-    const reason = await deps.connections.track(d.grant.id, d.grant.expiresAt, result.handle, () =>
+    const closed = deps.connections.track(d.grant.id, d.grant.expiresAt, result.handle, () =>
       decider.stillEntitled(d.grant, req.method ?? 'GET', d.path),
     )
+    // A revocation or an extension while the upstream took its time to answer the handshake found
+    // no connection to act on: the grant is read once more, now that this one is tracked (later
+    // changes reach it through the store's events). A store that cannot say closes it: fail closed.
+    decider.lookup(d.grant.id).then(
+      (now) => {
+        if (now.status === 'active') {
+          if (now.grant.expiresAt !== d.grant.expiresAt) deps.connections.extendGrant(d.grant.id, now.grant.expiresAt)
+        } else if (now.status === 'revoked') deps.connections.closeGrant(d.grant.id, 'grant_revoked', 'grant revoked')
+        else deps.connections.closeGrant(d.grant.id, 'grant_expired', 'grant expired')
+      },
+      () => deps.connections.closeOne(d.grant.id, result.handle, 'store_unavailable', 'grant store unavailable'),
+    )
+    const reason = await closed
     metrics.websockets.dec({ resource: d.resource.id })
     audit.emit('connection.closed', { ...base, reason, duration_ms: elapsed(started) })
   }

@@ -11,7 +11,7 @@ import type { Policy, Resource } from '../policy/policy.js'
 import { assessGrant, checkGrantUse, type GrantStanding } from '../policy/entitlements.js'
 import { extractBearer, queryWithoutToken, withoutSecret, type TokenClaims, type TokenVerifier } from '../authn/token.js'
 import { REDACTED_TOKEN } from '../audit/line.js'
-import { isUnclaimed, type Grant, type GrantStore } from '../grants/types.js'
+import { isUnclaimed, type Grant, type GrantLookup, type GrantStore } from '../grants/types.js'
 import type { DenyCode } from './codes.js'
 
 export interface DecisionInput {
@@ -71,6 +71,8 @@ export interface Decider {
    * revocation are tracked apart.
    */
   stillEntitled(grant: Grant, method: string, path: string): Deny | undefined
+  /** The grant as the store has it now (rejects with StoreUnavailableError when it cannot say). */
+  lookup(grantId: string): Promise<GrantLookup>
 }
 
 /** Compiled scope sets are cached by their text: grants share scopes, compiling per request is waste. */
@@ -105,6 +107,9 @@ export function createDecider(deps: DeciderDeps): Decider {
   }
 
   return {
+    lookup(grantId) {
+      return deps.store.get(grantId)
+    },
     stillEntitled(grant, method, path) {
       const use = checkGrantUse(standingOf(deps.policy(), grant), method, path, now())
       return use.ok ? undefined : { allow: false, code: use.code, detail: use.detail, path, subject: grant.subject, grantId: grant.id }

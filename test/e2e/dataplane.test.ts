@@ -5,10 +5,11 @@
  */
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
-import { connect } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
+import { createServer } from 'node:http'
 import { join } from 'node:path'
 import { SignJWT, importJWK } from 'jose'
-import WebSocket from 'ws'
+import WebSocket, { WebSocketServer } from 'ws'
 import { startUpstream } from '../helpers/upstream.js'
 import { startTestGateway, call, rawCall, sleep, type TestGateway } from '../helpers/gateway.js'
 import { DEV_KEY_FILE } from '../../src/authn/keys.js'
@@ -500,6 +501,25 @@ t.test('a grant stops working when it expires, and revocation acts on the very n
   t.equal(res.json.error.code, 'grant_revoked')
   t.match(lastAudit(g, 'grant.revoked'), { grant_id: grant.id, actor: 'operator', reason: 'incident 7', subject: 'acme', resource: 'crm-api' })
   t.equal(await g.revoke(grant.id), 409, 'revoking twice: grant_already_revoked')
+})
+
+t.test('a grant revoked while the upstream is still answering the handshake does not keep the WebSocket', async (t) => {
+  // The exact input of a finding: revoked 0.5 s into a handshake the upstream answered after 2 s;
+  // the 101 went through and the tunnel stayed open until the grant's own expiry.
+  const wss = new WebSocketServer({ noServer: true })
+  const slow = createServer()
+  slow.on('upgrade', (req, socket, head) => setTimeout(() => wss.handleUpgrade(req, socket, head, (ws) => ws.on('message', (m) => ws.send(m))), 600))
+  await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => (wss.close(), slow.closeAllConnections(), slow.close(() => resolve()))))
+  const g = await startTestGateway(t, { policy: POLICY, upstream: `http://127.0.0.1:${(slow.address() as AddressInfo).port}`, env: { TEST_CRM_TOKEN: SECRET, TEST_CRM_KEY: API_KEY } })
+  const grant = await g.issue({ resource: 'billing-ws', scopes: ['GET /billing/**'], ttl: '10m' })
+  const ws = new WebSocket(`${g.dataUrl.replace('http', 'ws')}/billing/live`, { headers: { authorization: `Bearer ${grant.token}` } })
+  ws.on('error', () => {})
+  const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)))
+  await sleep(200)
+  t.equal(await g.revoke(grant.id, 'offboarded mid-handshake'), 204)
+  t.equal(await closed, 1008, 'closed as soon as the handshake completed')
+  t.match(await g.waitForEvent((e) => e.event === 'connection.closed' && e.grant_id === grant.id), { reason: 'grant_revoked' })
 })
 
 t.test('WebSockets: same checks on upgrade; closed when the grant ends or is revoked', async (t) => {
