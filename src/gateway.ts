@@ -171,6 +171,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     connections,
     log,
     upstreamTimeoutMs: config.dataPlane.upstreamTimeoutMs,
+    maxInflightPerGrant: config.dataPlane.maxInflightPerGrant,
     publicProto: config.dataPlane.publicProto,
   })
   const control = createControlPlane({

@@ -25,6 +25,8 @@ export interface GatewayConfig {
     readonly upstreamTimeoutMs: number
     readonly connectTimeoutMs: number
     readonly drainTimeoutMs: number
+    /** Requests one grant may have in flight at once; 0 = no limit. */
+    readonly maxInflightPerGrant: number
     readonly publicProto: 'http' | 'https'
   }
   readonly controlPlane: {
@@ -114,6 +116,12 @@ export interface LoadConfigOptions {
 export const DEFAULT_CONFIG_FILE = resolve(dirname(new URL(import.meta.url).pathname), '../../config/default.yaml')
 
 /** Loads and validates; throws SourceError listing every problem. */
+/**
+ * One vendor must not hold every upstream connection (128 per origin): a grant's slow or stalled
+ * calls are capped well below that.
+ */
+export const DEFAULT_MAX_INFLIGHT_PER_GRANT = 32
+
 export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
   const env = opts.env ?? process.env
   const file = opts.text === undefined ? resolve(opts.file ?? DEFAULT_CONFIG_FILE) : undefined
@@ -181,6 +189,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
       upstreamTimeoutMs: ms(c.data_plane?.upstream_timeout, 30_000),
       connectTimeoutMs: ms(c.data_plane?.connect_timeout, 5_000),
       drainTimeoutMs: ms(c.data_plane?.drain_timeout, 10_000),
+      maxInflightPerGrant: c.data_plane?.max_inflight_per_grant ?? DEFAULT_MAX_INFLIGHT_PER_GRANT,
       publicProto: c.data_plane?.public_proto ?? 'http',
     },
     controlPlane: {

@@ -30,6 +30,9 @@ export const ConfigSchema = Type.Object(
           upstream_timeout: Type.Optional(Duration('Until the upstream sends response headers.')),
           connect_timeout: Type.Optional(Duration('Connecting to an upstream.')),
           drain_timeout: Type.Optional(Duration('On SIGTERM, how long in-flight requests may finish.')),
+          max_inflight_per_grant: Type.Optional(
+            Type.Integer({ minimum: 0, description: 'Requests one grant may have in flight at once (0: no limit); more get 429 too_many_requests.' }),
+          ),
           public_proto: Type.Optional(Type.Union([Type.Literal('http'), Type.Literal('https')])),
         },
         Strict,

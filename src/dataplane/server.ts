@@ -28,6 +28,8 @@ export interface DataPlaneDeps {
   readonly connections: ConnectionRegistry
   readonly log: Logger
   readonly upstreamTimeoutMs: number
+  /** Requests one grant may have in flight at once; 0 = no limit. */
+  readonly maxInflightPerGrant: number
   readonly publicProto: 'http' | 'https'
 }
 
@@ -54,6 +56,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     handlers.add(p)
     void p.finally(() => handlers.delete(p))
   }
+
+  // Forwarded requests in flight per grant: one vendor's stalled calls must not hold every
+  // upstream connection of a resource (the pool has a fixed number per origin).
+  const inflightByGrant = new Map<string, number>()
+  const maxInflight = deps.maxInflightPerGrant
 
   // Connections the gateway cut because of a later request on them: the earlier request's event
   // then says so, rather than blaming the client for leaving.
@@ -137,10 +144,26 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       recordDeny(req, clientIp, d, requestId, started, 'http')
       return
     }
+    const grantId = d.grant.id
+    const inflight = inflightByGrant.get(grantId) ?? 0
+    if (maxInflight > 0 && inflight >= maxInflight) {
+      const busy: Deny = { allow: false, code: 'too_many_requests', detail: `${inflight} requests of this grant in flight`, resource: d.resource, subject: d.grant.subject, grantId, path: d.path, ...(d.auditPath !== undefined ? { auditPath: d.auditPath } : {}) }
+      if (!res.headersSent && !res.destroyed) writeDeny(res, busy.code, requestId)
+      recordDeny(req, clientIp, busy, requestId, started, 'http')
+      return
+    }
     recordClaim(clientIp, d, requestId)
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
-    const outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false))
+    inflightByGrant.set(grantId, inflight + 1)
+    let outcome
+    try {
+      outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false))
+    } finally {
+      const left = (inflightByGrant.get(grantId) ?? 1) - 1
+      if (left === 0) inflightByGrant.delete(grantId)
+      else inflightByGrant.set(grantId, left)
+    }
     metrics.upstreamSeconds.observe(d.resource.id, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
     let status: number

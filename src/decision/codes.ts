@@ -57,6 +57,7 @@ export const DENY_CODES = Object.freeze({
     message: 'The request line and headers exceed the size the gateway accepts.',
   },
   malformed_request: { status: 400, message: 'The request is not well-formed HTTP/1.1.' },
+  too_many_requests: { status: 429, message: 'This grant has too many requests in flight; retry once some have finished.' },
   store_unavailable: {
     status: 503,
     message: 'The grant store did not answer in time; access is denied until it does.',

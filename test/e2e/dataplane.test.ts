@@ -441,6 +441,25 @@ t.test('CONNECT and a second Host header are refused, coded and audited, nothing
   t.equal(upstream.received.filter((r) => r.url.startsWith('/billing')).length, 0, 'no tunnel was opened')
 })
 
+t.test('one grant cannot hold every upstream connection: requests beyond its in-flight cap get 429', async (t) => {
+  // The exact input of a finding: one vendor's 130 stalled calls pinned all 128 upstream
+  // connections of a resource, and every other vendor's calls to it timed out.
+  const upstream = await startUpstream(t)
+  const g = await startTestGateway(t, { policy: POLICY, upstream: upstream.url, env: { TEST_CRM_TOKEN: SECRET, TEST_CRM_KEY: API_KEY }, config: 'data_plane: { max_inflight_per_grant: 2 }\n' })
+  const greedy = await g.issue({ resource: 'slow', scopes: ['GET /slow/**'], ttl: '10m' })
+  const other = await g.issue({ subject: 'globex', resource: 'slow', scopes: ['GET /slow/**'], ttl: '10m' })
+  const stalled = [call(`${g.dataUrl}/slow/a`, { token: greedy.token }), call(`${g.dataUrl}/slow/b`, { token: greedy.token })]
+  await sleep(100)
+  const third = await call(`${g.dataUrl}/slow/c`, { token: greedy.token })
+  t.equal(third.status, 429)
+  t.equal(third.json.error.code, 'too_many_requests')
+  t.match(lastAudit(g, 'access.denied'), { code: 'too_many_requests', status: 429, grant_id: greedy.id, subject: 'acme', resource: 'slow', path: '/slow/c' })
+  const otherVendor = call(`${g.dataUrl}/slow/d`, { token: other.token })
+  t.equal((await otherVendor).status, 504, 'another grant is not held back by it (the slow upstream times out as usual)')
+  t.same((await Promise.all(stalled)).map((r) => r.status), [504, 504])
+  t.equal((await call(`${g.dataUrl}/slow/e`, { token: greedy.token })).status, 504, 'once they finish, the grant may call again')
+})
+
 t.test('upstream failures after an allowed decision: 502 and 504, coded', async (t) => {
   const { g } = await setup(t)
   const dead = await g.issue({ resource: 'dead', scopes: ['* /dead/**'], ttl: '10m' })
