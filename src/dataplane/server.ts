@@ -206,8 +206,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       recordDeny(req, clientIp, d, requestId, started, 'websocket')
       return
     }
-    if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
-      const d: Deny = { allow: false, code: 'upgrade_not_supported', detail: `upgrade ${bounded(req.headers.upgrade ?? '')}` }
+    if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket' || req.method !== 'GET') {
+      // RFC 6455 §4.1: a WebSocket handshake is a GET; anything else is not one this gateway serves.
+      const what = req.method !== 'GET' ? `${bounded(req.method ?? '')} with upgrade` : 'upgrade'
+      const d: Deny = { allow: false, code: 'upgrade_not_supported', detail: `${what} ${bounded(req.headers.upgrade ?? '')}` }
       writeDenyToSocket(socket, d.code, requestId)
       recordDeny(req, clientIp, d, requestId, started, 'websocket')
       return

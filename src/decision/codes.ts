@@ -50,7 +50,7 @@ export const DENY_CODES = Object.freeze({
   },
   outside_window: { status: 403, message: "The request is outside the entitlement's time window." },
   websocket_not_allowed: { status: 403, message: 'This resource does not accept WebSocket connections.' },
-  upgrade_not_supported: { status: 400, message: 'Only WebSocket upgrades are supported.' },
+  upgrade_not_supported: { status: 400, message: 'Only WebSocket upgrades (GET with Upgrade: websocket) are supported.' },
   connect_not_supported: { status: 405, message: 'CONNECT is not supported: jitgate is a reverse proxy, not a forward proxy.' },
   request_header_too_large: {
     status: 431,

@@ -414,6 +414,10 @@ t.test('CONNECT and a second Host header are refused, coded and audited, nothing
   t.match(twoHosts, /^HTTP\/1\.1 400 /)
   const hostsId = /"request_id":"([^"]+)"/.exec(twoHosts)?.[1]
   t.match(await g.waitForEvent((e) => e.request_id === hostsId), { event: 'access.denied', code: 'malformed_request', detail: 'more than one Host header', path: '/crm/customers/1' })
+  // A POST asking to upgrade to WebSocket is no handshake (RFC 6455 §4.1): 400, not a 502.
+  const postUpgrade = await rawExchange(g.dataUrl, `POST /billing/ws HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n`)
+  t.match(postUpgrade, /^HTTP\/1\.1 400 /)
+  t.match(postUpgrade, /upgrade_not_supported/)
   t.equal(upstream.received.length, before, 'nothing was forwarded')
   t.notOk(g.auditText().includes(grant.token), 'no token in the audit')
 
