@@ -299,6 +299,11 @@ export function createControlPlane(deps: ControlPlaneDeps): Server {
         }
         return sendError(res, err, requestId)
       }
+      if (req.destroyed && (err as NodeJS.ErrnoException | null)?.code === 'ECONNRESET') {
+        // The caller went away while sending its body: nobody to answer, and no gateway fault.
+        deps.log.debug({ request_id: requestId }, 'control-plane caller left before its body was read')
+        return
+      }
       deps.log.error({ err, request_id: requestId }, 'control-plane request failed')
       sendError(res, new ApiError('internal_error'), requestId)
     })

@@ -1,7 +1,7 @@
 /** The control-plane API over real HTTP: authentication, validation errors, listing, JWKS, health. */
 import t from 'tap'
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect as netConnect, type AddressInfo } from 'node:net'
 import { PassThrough } from 'node:stream'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -170,6 +170,24 @@ t.test('without an admin token the API refuses a non-loopback listener', async (
   const hidden = await post(`${g.controlUrl}/v1/grants`, { subject: 'acme', resource: 'crm-api', scopes: ['* /crm/**'], ttl: '1h' }, { authorization: ['', `Bearer ${vendorLike}`] as never })
   t.equal(hidden.status, 401, 'a second Authorization line counts as a credential')
   t.equal(g.audit.filter((e) => e.event === 'grant.issued').length, 1)
+})
+
+t.test('a caller that leaves while sending its body is no gateway fault', async (t) => {
+  // The exact input of a finding: an aborted POST body logged an error-level stack trace.
+  const lines: { level: number; msg: string }[] = []
+  const sink = new PassThrough()
+  sink.on('data', (c: Buffer) => lines.push(...c.toString().trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string })))
+  const g = await startTestGateway(t, { policy: POLICY, log: pino({ level: 'debug' }, sink) })
+  const u = new URL(g.controlUrl)
+  const socket = netConnect(Number(u.port), u.hostname, () => {
+    socket.write(`POST /v1/grants HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nAuthorization: Bearer ${ADMIN_TOKEN}\r\n\r\n{"subject":`)
+    setTimeout(() => socket.destroy(), 100)
+  })
+  socket.on('error', () => {})
+  await new Promise((resolve) => setTimeout(resolve, 400))
+  t.notOk(lines.some((l) => l.level >= 50), 'no error-level line')
+  t.ok(lines.some((l) => l.msg === 'control-plane caller left before its body was read'), 'a debug line says what happened')
+  t.equal((await call(`${g.controlUrl}/healthz`)).status, 200)
 })
 
 t.test('a start that fails (port in use) leaves nothing in the audit trail', async (t) => {
