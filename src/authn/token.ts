@@ -233,7 +233,8 @@ export function extractBearer(
 }
 
 /**
- * The query string (`?…`, or `''`) without any parameter that carries the token's signature, as
+ * The query string (`?…`, or `''`) without any parameter that carries a token's secret part
+ * (`secretOf`: its signature), as
  * is or percent-encoded (once or more). The gateway never reads a token from the query, but a
  * client that also put its JIT token there must not leak it to the upstream (and its access logs).
  * The signature is the part that makes a token usable, so a parameter holding it alone is dropped
@@ -241,9 +242,9 @@ export function extractBearer(
  * read as a separator), so `a=1;access_token=T;b=2` keeps `a=1;b=2`. The common case (no token in
  * the query) costs one substring search, and a decoding pass when the query holds a `%`.
  */
-export function queryWithoutToken(query: string, token: string): string {
+export function queryWithoutToken(query: string, secret: string): string {
   if (query === '') return query
-  const needle = secretPart(token)
+  const needle = secret
   if (!carries(query, needle)) return query
   const kept: string[] = []
   for (const param of query.slice(1).split('&')) {
@@ -262,17 +263,17 @@ export function queryWithoutToken(query: string, token: string): string {
  * (whose low bits base64url leaves unused, so a copy with another last letter reveals it all the same).
  * An unsigned or odd token: the whole of it rather than nothing.
  */
-function secretPart(token: string): string {
+export function secretOf(token: string): string {
   const signature = token.slice(token.lastIndexOf('.') + 1)
   return signature.length >= 17 ? signature.slice(0, -1) : token
 }
 
 /**
- * `text` (a request path, for the audit) with every copy of the token's signature replaced by
- * `marker`; the text itself when it holds none, which costs one substring search.
+ * `text` (a request path, for the audit) with every copy of a token's secret part (`secretOf`)
+ * replaced by `marker`; the text itself when it holds none, which costs one substring search.
  */
-export function withoutSecret(text: string, token: string, marker: string): string {
-  const needle = secretPart(token)
+export function withoutSecret(text: string, secret: string, marker: string): string {
+  const needle = secret
   let at = text.indexOf(needle)
   if (at === -1) return text
   let out = ''

@@ -9,7 +9,7 @@ import { normalizePath } from '../policy/path.js'
 import { compileScopes, type ScopeSet } from '../policy/scope.js'
 import type { Policy, Resource } from '../policy/policy.js'
 import { assessGrant, checkGrantUse, type GrantStanding } from '../policy/entitlements.js'
-import { extractBearer, queryWithoutToken, withoutSecret, type TokenClaims, type TokenVerifier } from '../authn/token.js'
+import { extractBearer, queryWithoutToken, secretOf, withoutSecret, type TokenClaims, type TokenVerifier } from '../authn/token.js'
 import { REDACTED_TOKEN } from '../audit/line.js'
 import { isUnclaimed, type Grant, type GrantLookup, type GrantStore } from '../grants/types.js'
 import type { DenyCode } from './codes.js'
@@ -124,7 +124,7 @@ export function createDecider(deps: DeciderDeps): Decider {
 
       // RFC 9112 §3.2: a request with more than one Host is refused. Node keeps the first for
       // routing; an upstream or cache in front of it could take another.
-      if (hostLines(input.rawHeaders) > 1) return { allow: false, code: 'malformed_request', detail: 'more than one Host header', path }
+      if (hostHeaderCount(input.rawHeaders) > 1) return { allow: false, code: 'malformed_request', detail: 'more than one Host header', path }
 
       // One policy for the whole decision, even if a reload swaps it meanwhile.
       const policy = deps.policy()
@@ -134,7 +134,8 @@ export function createDecider(deps: DeciderDeps): Decider {
       const bearer = extractBearer(input.rawHeaders)
       if (!bearer.ok) return { allow: false, code: bearer.code, detail: 'no usable bearer token', resource, path }
       // A copy of the token's signature in the path (pasted there by mistake) stays out of the audit.
-      const auditPath = withoutSecret(path, bearer.token, REDACTED_TOKEN)
+      const secret = secretOf(bearer.token)
+      const auditPath = withoutSecret(path, secret, REDACTED_TOKEN)
       const where = auditPath === path ? { resource, path } : { resource, path, auditPath }
 
       const verified = await deps.verifier().verify(bearer.token, resource.id)
@@ -144,7 +145,7 @@ export function createDecider(deps: DeciderDeps): Decider {
       }
       const claims = verified.claims
       // A copy of the token in the query string is never forwarded (the header's is dropped too).
-      const query = queryWithoutToken(rawQuery, bearer.token)
+      const query = queryWithoutToken(rawQuery, secret)
       const who = { ...where, subject: claims.sub, grantId: claims.jti }
 
       let lookup
@@ -189,7 +190,7 @@ export function createDecider(deps: DeciderDeps): Decider {
   }
 }
 
-function hostLines(rawHeaders: readonly string[]): number {
+function hostHeaderCount(rawHeaders: readonly string[]): number {
   let n = 0
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string

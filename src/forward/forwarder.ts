@@ -179,7 +179,7 @@ export function guardFinish(this: Socket): void {
 }
 
 /** The upstream connector with the guards above. Exported for tests only. */
-export function connectorWith(timeoutMs: number): buildConnector.connector {
+export function guardedConnector(timeoutMs: number): buildConnector.connector {
   const connect = buildConnector({ timeout: timeoutMs })
   return (options, callback) =>
     connect(options, (...args) => {
@@ -199,7 +199,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
   const poolOptions: Pool.Options = {
     connections: opts.connectionsPerOrigin ?? 128,
     keepAliveTimeout: opts.keepAliveTimeoutMs ?? 4_000,
-    connect: connectorWith(opts.connectTimeoutMs ?? 5_000),
+    connect: guardedConnector(opts.connectTimeoutMs ?? 5_000),
   }
   const pools = new Map<string, Pool>()
   const proxy = httpProxy.createProxyServer({ ws: true, xfwd: false })

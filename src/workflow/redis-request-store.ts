@@ -66,6 +66,22 @@ if ARGV[5] == '1' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
 return 1
 `
 
+/** Lua shared by the write scripts: the record (KEYS[1]) set to ARGV[2], with PX ARGV[3] unless "0". */
+const SET_RECORD = `if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end`
+
+/** Lua: the open index (KEYS[n]) holds id ARGV[4], scored ARGV[5], exactly when ARGV[6] is "1". */
+function openIndexEntry(n: number): string {
+  return `if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[${n}], ARGV[5], ARGV[4])
+else
+  redis.call('ZREM', KEYS[${n}], ARGV[4])
+end`
+}
+
 /**
  * KEYS: request, open index. ARGV: expected (current) version, next JSON, PX in ms or "0" for no
  * expiry, id, createdAt, "1" when the next record is open. Writes the record and moves its open
@@ -76,16 +92,8 @@ const UPDATE_LUA = `
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 if cjson.decode(raw).version ~= tonumber(ARGV[1]) then return 0 end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-if ARGV[6] == '1' then
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-else
-  redis.call('ZREM', KEYS[2], ARGV[4])
-end
+${SET_RECORD}
+${openIndexEntry(2)}
 return 1
 `
 
@@ -118,17 +126,9 @@ return 1
  */
 const CARRY_LUA = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
+${SET_RECORD}
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-if ARGV[6] == '1' then
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-else
-  redis.call('ZREM', KEYS[3], ARGV[4])
-end
+${openIndexEntry(3)}
 return 1
 `
 

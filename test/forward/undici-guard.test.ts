@@ -8,7 +8,7 @@ import { createServer } from 'node:http'
 import { createRequire } from 'node:module'
 import type { AddressInfo, Socket } from 'node:net'
 import { Client } from 'undici'
-import { connectorWith, guardFinish } from '../../src/forward/forwarder.js'
+import { guardedConnector, guardFinish } from '../../src/forward/forwarder.js'
 
 t.test("undici's parser, finished while paused (an upstream reset or close after a response without keep-alive), no longer throws", async (t) => {
   // The exact failure of a finding (a close-delimited response, then an RST while the parser was
@@ -19,7 +19,7 @@ t.test("undici's parser, finished while paused (an upstream reset or close after
   t.teardown(() => new Promise<void>((resolve) => (server.closeAllConnections(), server.close(() => resolve()))))
   const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   let socket: Socket | undefined
-  const base = connectorWith(1000)
+  const base = guardedConnector(1000)
   const pool = new Client(origin, { connect: (opts, cb) => base(opts, (...args) => ((socket = args[1] ?? undefined), cb(...args))) })
   t.teardown(() => pool.close())
   const res = await pool.request({ path: '/', method: 'GET' })
