@@ -269,8 +269,8 @@ export function secretOf(token: string): string {
 }
 
 /**
- * `text` (a request path, for the audit) with every copy of a token's secret part (`secretOf`)
- * replaced by `marker`; the text itself when it holds none, which costs one substring search.
+ * `text` (a request path, for the audit) with every copy of a token's secret part (`secretOf`),
+ * and the base64url segments right before it (the rest of a pasted token), replaced by `marker`; the text itself when it holds none, which costs one substring search.
  */
 export function withoutSecret(text: string, secret: string, marker: string): string {
   const needle = secret
@@ -281,7 +281,10 @@ export function withoutSecret(text: string, secret: string, marker: string): str
   while (at !== -1) {
     let end = at + needle.length
     if (end < text.length && BASE64URL_CHAR.test(text.charAt(end))) end++
-    out += text.slice(from, at) + marker
+    // The whole token, when the copy is one: its header and payload segments go with it.
+    let start = at
+    while (start > from && TOKEN_CHAR.test(text.charAt(start - 1))) start--
+    out += text.slice(from, start) + marker
     from = end
     at = text.indexOf(needle, from)
   }
@@ -289,6 +292,7 @@ export function withoutSecret(text: string, secret: string, marker: string): str
 }
 
 const BASE64URL_CHAR = /[A-Za-z0-9_-]/
+const TOKEN_CHAR = /[A-Za-z0-9_.-]/
 
 /** Decoding rounds tried: `%252E` is `.` encoded twice; a third layer is no client's accident. */
 const MAX_DECODINGS = 3

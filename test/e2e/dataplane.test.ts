@@ -272,6 +272,7 @@ t.test('every deny code: status, body, challenge, audit event and metric agree',
   }
   t.notOk(g.auditText().includes(crm.token), 'tokens never logged, even rejected ones')
   t.notOk(g.auditText().includes((crm.token.split('.')[2] as string).slice(0, -1)), 'nor their signature')
+  t.notOk(g.auditText().includes(crm.token.split('.')[1] as string), 'nor the claims of a token pasted in a path')
 })
 
 /** Writes each piece after the server has had time to answer the one before; resolves once it closes. */
