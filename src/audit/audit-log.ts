@@ -2,14 +2,16 @@
  * The audit trail: one JSON line per decision and per state change, for the SIEM. The event
  * types and their fields are defined in `catalogue.ts` and documented in `docs/audit.md`.
  *
- * `emit` runs on the hot path of every request: it builds the record, bounds and escapes it into
- * one line, links it into the instance's hash chain (`chain.ts`: one SHA-256 per line) and hands
- * the line to each sink, which only queues it. Events never carry a token, key, cookie or injected
+ * `emit` runs on the hot path of every request: it bounds and escapes the event into one line,
+ * links it into the instance's hash chain (`chain.ts`: one SHA-256 per line) and hands the line
+ * to each sink, which only queues it. A request's event (flat fields, nothing to bound) is spelled
+ * straight into its line; a record object is built only for other events, or for a sink or a
+ * format that reads one. Events never carry a token, key, cookie or injected
  * secret: callers pass only catalogue fields.
  */
 import type { Writable } from 'node:stream'
 import { AUDIT_SCHEMA_VERSION, type AuditEventName, type AuditFields } from './catalogue.js'
-import { copyBounded, isFlatAndBounded, isoTime, toLine } from './line.js'
+import { copyBounded, flatMembers, isFlatAndBounded, isoTime, jsonString, toLine } from './line.js'
 import { checkpointStatement, genesisHash, lineHash, newChainId, type CheckpointSigner } from './chain.js'
 import type { SinkReporter } from './sinks/types.js'
 import { openSink, sinkNames, type AuditOutput, type SinkConfig } from './sinks/index.js'
@@ -101,8 +103,26 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
   let prevHash = genesisHash(chain)
   let sinceCheckpoint = 0
   let closed = false
+  const jsonOnly = formats.length === 1 && formats[0] === 'json'
+  const needsRecord = !jsonOnly || sinks.some((s) => s.usesRecord === true)
+  const instanceMembers = `,"gateway_id":${jsonString(opts.gatewayId)},"chain":${jsonString(chain)}`
+
+  /** The line of an event whose fields are flat and bounded, spelled without a record; or undefined. */
+  function directLine(event: AuditEventName, fields: AuditFields, time: string): string | undefined {
+    const members = flatMembers(fields, RESERVED)
+    if (members === undefined) return undefined
+    const version = opts.policyVersion()
+    const policy = version === undefined ? '' : `,"policy_version":${jsonString(version)}`
+    return `{"time":${jsonString(time)},"event":${jsonString(event)}${members}${policy}${instanceMembers},"seq":${++seq},"prev_hash":"${prevHash}"}`
+  }
 
   function write(event: AuditEventName, fields: AuditFields, time: string): void {
+    const direct = needsRecord ? undefined : directLine(event, fields, time)
+    if (direct !== undefined) {
+      prevHash = lineHash(direct)
+      for (const o of outputs) deliver(o, direct, undefined)
+      return
+    }
     let record: Record<string, unknown>
     if (isFlatAndBounded(fields)) record = { time, event, ...fields }
     else copyBounded(fields, (record = { time, event }))
@@ -113,7 +133,7 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
     record.prev_hash = prevHash
     const line = toLine(record)
     prevHash = lineHash(line)
-    if (formats.length === 1 && formats[0] === 'json') {
+    if (jsonOnly) {
       for (const o of outputs) deliver(o, line, record)
       return
     }
@@ -124,7 +144,7 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
   }
 
   /** A sink that throws (a bug, a closed stream) loses this line, counted; the caller goes on. */
-  function deliver(o: AuditOutput, text: string, record: Record<string, unknown>): void {
+  function deliver(o: AuditOutput, text: string, record: Record<string, unknown> | undefined): void {
     try {
       o.sink.write(text, record)
     } catch (err) {
@@ -183,6 +203,9 @@ export function createAuditLog(opts: AuditLogOptions): AuditLog {
     },
   }
 }
+
+/** Members every line carries, written by the log itself: an event's fields never replace them. */
+const RESERVED: ReadonlySet<string> = new Set(['time', 'event', 'policy_version', 'gateway_id', 'chain', 'seq', 'prev_hash'])
 
 function simpleSink(output: NonNullable<AuditLogOptions['output']>): SinkConfig {
   if (output === 'stdout') return { type: 'stdout' }

@@ -153,6 +153,68 @@ export function toLine(record: object): string {
   return UNSAFE.test(json) ? json.replace(UNSAFE_ALL, escapeChar) : json
 }
 
+/**
+ * Characters a JSON string must spell differently than raw: what JSON.stringify escapes (`"`,
+ * `\`, U+0000..U+001F, lone surrogates: any surrogate here, pairs included, to keep the test
+ * simple) and what {@link toLine} escapes on top.
+ */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]/
+
+/** A string as a JSON value on a line, spelled exactly as {@link toLine} spells it. */
+export function jsonString(value: string): string {
+  return NEEDS_ESCAPE.test(value) ? toLine([value]).slice(1, -1) : `"${value}"`
+}
+
+/** `,"name":` for each field name seen, spelled as JSON.stringify does: names come from code. */
+const memberPrefixes = new Map<string, string>()
+const MAX_MEMBER_PREFIXES = 1024
+
+function memberPrefix(name: string): string {
+  let prefix = memberPrefixes.get(name)
+  if (prefix === undefined) {
+    prefix = `,${jsonString(name)}:`
+    if (memberPrefixes.size < MAX_MEMBER_PREFIXES) memberPrefixes.set(name, prefix)
+  }
+  return prefix
+}
+
+/**
+ * The members of flat, bounded event fields as JSON text (`,"a":1,"b":"x"`), spelled exactly as
+ * `toLine` would spell them inside a record, or undefined when a field needs more than that:
+ * a value to bound, to scan for tokens, a list, a map, or a name in `reserved` (a member the
+ * caller writes itself). This is {@link isFlatAndBounded} and {@link toLine} in one pass, without
+ * a record object: it runs for every request's event.
+ */
+export function flatMembers(fields: object, reserved: ReadonlySet<string>): string | undefined {
+  let text = ''
+  for (const key in fields) {
+    const value = (fields as Record<string, unknown>)[key]
+    let json: string
+    switch (typeof value) {
+      case 'string':
+        if (value.length > MAX_FIELD_LENGTH || value.includes('eyJ') || value.includes('%')) return undefined
+        json = jsonString(value)
+        break
+      case 'number':
+        json = Number.isFinite(value) ? String(value) : 'null'
+        break
+      case 'boolean':
+        json = value ? 'true' : 'false'
+        break
+      case 'object':
+        if (value !== null) return undefined
+        json = 'null'
+        break
+      default:
+        // undefined is left out by copyBounded; anything stranger takes the general path too.
+        return undefined
+    }
+    if (reserved.has(key)) return undefined
+    text += memberPrefix(key) + json
+  }
+  return text
+}
+
 
 /**
  * `new Date(ms).toISOString()`, for the `time` of every event: the text up to the second is kept

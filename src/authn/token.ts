@@ -71,6 +71,11 @@ export interface TokenVerifierOptions {
 export interface TokenVerifier {
   /** Verifies a token for the resource it is presented to (its `aud`). Never throws. */
   verify(token: string, audience: string): Promise<VerifyResult>
+  /**
+   * The verdict on a token already verified, from the cache, without waiting: what `verify`
+   * would answer for it. Undefined when the token is not cached (then call `verify`).
+   */
+  verifyCached(token: string, audience: string): VerifyResult | undefined
 }
 
 /** base64url segments of a compact JWS: header.payload.signature, nothing else. */
@@ -86,7 +91,7 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
   const jwks = createLocalJWKSet({ keys: opts.keys.jwks.keys.map((k) => ({ ...k })) })
   const now = opts.now ?? Date.now
   const toleranceMs = opts.clockToleranceS * 1000
-  const cache = new Map<string, TokenClaims>()
+  const cache = new Map<string, CachedClaims>()
   const verifyOptions = {
     algorithms: [TOKEN_ALG],
     typ: TOKEN_TYP,
@@ -95,25 +100,30 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
     requiredClaims: ['exp', 'jti', 'sub', 'aud'],
   }
 
-  function checkTimesAndAudience(claims: TokenClaims, audience: string, t: number): VerifyResult {
-    const who = { sub: claims.sub, jti: claims.jti }
-    if (claims.exp * 1000 + toleranceMs <= t) return { ok: false, code: 'token_expired', detail: 'exp has passed', who }
+  /** The verdict on verified claims for a request now: one allocation-free comparison on success. */
+  function checkTimesAndAudience(claims: CachedClaims, audience: string, t: number): VerifyResult {
+    if (claims.exp * 1000 + toleranceMs <= t) return { ok: false, code: 'token_expired', detail: 'exp has passed', who: whoOfClaims(claims) }
     if (claims.nbf !== undefined && claims.nbf * 1000 - toleranceMs > t) {
-      return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached', who }
+      return { ok: false, code: 'token_not_yet_valid', detail: 'nbf not reached', who: whoOfClaims(claims) }
     }
-    if (claims.aud !== audience) return { ok: false, code: 'token_invalid', detail: 'audience does not match the resource', who }
-    return { ok: true, claims }
+    if (claims.aud !== audience) return { ok: false, code: 'token_invalid', detail: 'audience does not match the resource', who: whoOfClaims(claims) }
+    return claims.verdict
+  }
+
+  function verifyCached(token: string, audience: string): VerifyResult | undefined {
+    const cached = cache.get(token)
+    if (cached === undefined) return undefined
+    const r = checkTimesAndAudience(cached, audience, now())
+    if (!r.ok && r.code === 'token_expired') cache.delete(token)
+    return r
   }
 
   return {
+    verifyCached,
     async verify(token, audience) {
+      const hit = verifyCached(token, audience)
+      if (hit !== undefined) return hit
       const t = now()
-      const cached = cache.get(token)
-      if (cached) {
-        const r = checkTimesAndAudience(cached, audience, t)
-        if (!r.ok && r.code === 'token_expired') cache.delete(token)
-        return r
-      }
       if (token.length > MAX_TOKEN_LENGTH || !COMPACT_JWS.test(token)) {
         return { ok: false, code: 'token_malformed', detail: 'not a compact JWS' }
       }
@@ -141,13 +151,23 @@ export function createTokenVerifier(opts: TokenVerifierOptions): TokenVerifier {
         exp: payload.exp as number,
         nbf: payload.nbf,
       })
+      const entry: CachedClaims = { ...claims, verdict: Object.freeze({ ok: true as const, claims }) }
       if (opts.cacheSize > 0) {
         if (cache.size >= opts.cacheSize) cache.delete(cache.keys().next().value as string)
-        cache.set(token, claims)
+        cache.set(token, entry)
       }
-      return checkTimesAndAudience(claims, audience, t)
+      return checkTimesAndAudience(entry, audience, t)
     },
   }
+}
+
+/** Verified claims as cached, with the success verdict every request presenting them shares. */
+interface CachedClaims extends TokenClaims {
+  readonly verdict: VerifyResult & { ok: true }
+}
+
+function whoOfClaims(claims: TokenClaims): { sub: string; jti: string } {
+  return { sub: claims.sub, jti: claims.jti }
 }
 
 function whoOf(payload: JWTPayload): { who?: { sub: string; jti: string } } {
@@ -215,6 +235,9 @@ export function authorizationOf(rawHeaders: readonly string[]): string | undefin
   return value
 }
 
+/** RFC 6750 §2.1 `Bearer b64token`, the scheme name case-insensitive (RFC 9110 §11.1). */
+const BEARER = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i
+
 /**
  * Extracts the bearer token from the request's raw headers (RFC 6750 §2.1). Only the
  * Authorization header is accepted: query-string and form tokens leak into logs and caches.
@@ -227,7 +250,7 @@ export function extractBearer(
   const value = authorizationOf(rawHeaders)
   if (value === null) return { ok: false, code: 'token_malformed' }
   if (value === undefined || value.trim() === '') return { ok: false, code: 'token_missing' }
-  const m = /^Bearer +([A-Za-z0-9._~+/-]+=*) *$/i.exec(value)
+  const m = BEARER.exec(value)
   if (!m) return { ok: false, code: 'token_malformed' }
   return { ok: true, token: m[1] as string }
 }

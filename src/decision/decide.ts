@@ -84,7 +84,12 @@ export function createDecider(deps: DeciderDeps): Decider {
   const now = deps.now ?? Date.now
   const scopeCache = new Map<string, ScopeSet>()
 
+  // The same grant object comes back while the store keeps it (memory) or its record is unchanged
+  // (Redis): its compiled scopes are then found without joining its scope list into a key.
+  const scopesByGrant = new WeakMap<Grant, ScopeSet>()
   function scopesOf(grant: Grant): ScopeSet {
+    const known = scopesByGrant.get(grant)
+    if (known !== undefined) return known
     const key = grant.scopes.join('\n')
     let set = scopeCache.get(key)
     if (!set) {
@@ -93,6 +98,7 @@ export function createDecider(deps: DeciderDeps): Decider {
       if (scopeCache.size >= SCOPE_CACHE_MAX) scopeCache.delete(scopeCache.keys().next().value as string)
       scopeCache.set(key, set)
     }
+    scopesByGrant.set(grant, set)
     return set
   }
 
@@ -138,7 +144,9 @@ export function createDecider(deps: DeciderDeps): Decider {
       const auditPath = withoutSecret(path, secret, REDACTED_TOKEN)
       const where = auditPath === path ? { resource, path } : { resource, path, auditPath }
 
-      const verified = await deps.verifier().verify(bearer.token, resource.id)
+      // A token seen before is answered from the verifier's cache without a turn of the event loop.
+      const verifier = deps.verifier()
+      const verified = verifier.verifyCached(bearer.token, resource.id) ?? (await verifier.verify(bearer.token, resource.id))
       if (!verified.ok) {
         const who = verified.who === undefined ? {} : { subject: verified.who.sub, grantId: verified.who.jti }
         return { allow: false, code: verified.code, detail: verified.detail, ...where, ...who }
@@ -146,30 +154,31 @@ export function createDecider(deps: DeciderDeps): Decider {
       const claims = verified.claims
       // A copy of the token in the query string is never forwarded (the header's is dropped too).
       const query = queryWithoutToken(rawQuery, secret)
-      const who = { ...where, subject: claims.sub, grantId: claims.jti }
+      // Denials from here on name the token's subject and grant (built only for a denial).
+      const deny = (code: DenyCode, detail: string): Deny => ({ allow: false, code, detail, ...where, subject: claims.sub, grantId: claims.jti })
 
       let lookup
       try {
         lookup = await deps.store.get(claims.jti)
       } catch (err) {
         deps.onStoreError?.('get', err)
-        return { allow: false, code: 'store_unavailable', detail: 'grant store unavailable', ...who }
+        return deny('store_unavailable', 'grant store unavailable')
       }
-      if (lookup.status === 'revoked') return { allow: false, code: 'grant_revoked', detail: 'grant revoked', ...who }
-      if (lookup.status !== 'active') return { allow: false, code: 'grant_not_found', detail: 'no live grant', ...who }
+      if (lookup.status === 'revoked') return deny('grant_revoked', 'grant revoked')
+      if (lookup.status !== 'active') return deny('grant_not_found', 'no live grant')
       const grant = lookup.grant
       const t = now()
-      if (grant.expiresAt <= t) return { allow: false, code: 'grant_not_found', detail: 'grant expired', ...who }
+      if (grant.expiresAt <= t) return deny('grant_not_found', 'grant expired')
       if (grant.subject !== claims.sub || grant.resource !== resource.id) {
-        return { allow: false, code: 'grant_mismatch', detail: 'grant subject or resource differs from the token', ...who }
+        return deny('grant_mismatch', 'grant subject or resource differs from the token')
       }
       if (!scopesOf(grant).allows(input.method, path)) {
-        return { allow: false, code: 'scope_denied', detail: `${input.method} outside the grant's scopes`, ...who }
+        return deny('scope_denied', `${input.method} outside the grant's scopes`)
       }
       const use = checkGrantUse(standingOf(policy, grant), input.method, path, t)
-      if (!use.ok) return { allow: false, code: use.code, detail: use.detail, ...who }
+      if (!use.ok) return deny(use.code, use.detail)
       if (input.upgrade && !resource.websocket) {
-        return { allow: false, code: 'websocket_not_allowed', detail: 'resource does not accept WebSockets', ...who }
+        return deny('websocket_not_allowed', 'resource does not accept WebSockets')
       }
       // A grant waiting for its first use: this request, having passed every other check, starts
       // its clock. One more store call, on the first use only; afterwards the grant read above is
@@ -180,12 +189,12 @@ export function createDecider(deps: DeciderDeps): Decider {
           result = await deps.store.claim(grant, t)
         } catch (err) {
           deps.onStoreError?.('claim', err)
-          return { allow: false, code: 'store_unavailable', detail: 'grant store unavailable', ...who }
+          return deny('store_unavailable', 'grant store unavailable')
         }
-        if (result === null) return { allow: false, code: 'grant_not_found', detail: 'the grant ended before its first use', ...who }
+        if (result === null) return deny('grant_not_found', 'the grant ended before its first use')
         return { allow: true, ...where, grant: result.grant, claims, query, ...(result.claimed ? { claimed: true as const } : {}) }
       }
-      return { allow: true, ...where, grant, claims, query }
+      return auditPath === path ? { allow: true, resource, path, grant, claims, query } : { allow: true, resource, path, auditPath, grant, claims, query }
     },
   }
 }

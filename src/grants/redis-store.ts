@@ -169,6 +169,8 @@ interface ScriptedRedis extends Redis {
 }
 
 const NOT_FOUND: GrantLookup = Object.freeze({ status: 'not_found' })
+/** Parsed grant records kept by their text: a gateway's grants in use at once, with room to spare. */
+const PARSED_GRANTS_MAX = 4096
 
 interface Pending {
   readonly promise: Promise<GrantLookup>
@@ -314,10 +316,26 @@ export function createRedisGrantStore(opts: RedisGrantStoreOptions): GrantStore 
     )
   }
 
+  /**
+   * Grants parsed from their stored text, by that text: every request reads its grant afresh, and
+   * an unchanged record is the same grant, so it is parsed once (and the decision's per-grant
+   * caches find the same object). A changed record (extended, claimed) is new text, parsed anew.
+   */
+  const parsed = new Map<string, Grant>()
+  const parseGrant = (json: string): Grant => {
+    let grant = parsed.get(json)
+    if (grant === undefined) {
+      grant = Object.freeze(JSON.parse(json) as Grant)
+      if (parsed.size >= PARSED_GRANTS_MAX) parsed.delete(parsed.keys().next().value as string)
+      parsed.set(json, grant)
+    }
+    return grant
+  }
+
   const toLookup = ([grantJson, tombJson]: (string | null)[]): GrantLookup => {
     if (tombJson != null) return { status: 'revoked', revocation: JSON.parse(tombJson) as Revocation }
     if (grantJson == null) return NOT_FOUND
-    const grant = Object.freeze(JSON.parse(grantJson) as Grant)
+    const grant = parseGrant(grantJson)
     // Redis expires the key by its own clock; this keeps `now()` authoritative to the ms.
     return grant.expiresAt > now() ? { status: 'active', grant } : NOT_FOUND
   }

@@ -1,6 +1,6 @@
 /** One event, one line: escaping and bounding rules of `line.ts`, value by value. */
 import t from 'tap'
-import { bounded, copyBounded, isFlatAndBounded, isoTime, toLine, withoutTokens, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, REDACTED_TOKEN, TRUNCATION_MARK } from '../../src/audit/line.js'
+import { bounded, copyBounded, flatMembers, isFlatAndBounded, isoTime, jsonString, toLine, withoutTokens, MAX_FIELD_LENGTH, MAX_LIST_LENGTH, REDACTED_TOKEN, TRUNCATION_MARK } from '../../src/audit/line.js'
 
 t.test('every character a reader could take as a break or a control is escaped, the value unchanged', async (t) => {
   const nasty = [
@@ -86,6 +86,39 @@ t.test('isFlatAndBounded: only where copyBounded would change nothing', async (t
       t.strictSame(copied, { ...fields }, 'spreading gives what copying gives')
     }
   }
+})
+
+t.test('flatMembers spells a request event exactly as toLine spells its record, or declines', async (t) => {
+  const reserved = new Set(['time', 'seq'])
+  const odd = ['\r\n', '\u2028', '\u0085', '\u001b[2J', '\u007f', '\u202e', '\ufeff', '"},{"event":"x"}', '\\', '\ud800', '\udc00x', '😀', 'é ü 日本', '\t\b\f\u0000', '']
+  const numbers = [0, -0, 1.5, -3, 1e21, 1e-7, 0.1 + 0.2, Number.MAX_SAFE_INTEGER, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]
+  const cases: object[] = [
+    {},
+    { request_id: 'r-1', subject: 'acme', method: 'GET', path: '/api/items/1', status: 200, duration_ms: 1.25, protocol: 'http' },
+    ...odd.map((v) => ({ path: v, detail: `${v}!` })),
+    ...numbers.map((n) => ({ duration_ms: n })),
+    { ok: true, no: false, none: null },
+    { 'we"ird\u2028name': 'x', 'é': 1 },
+    { path: 'x'.repeat(MAX_FIELD_LENGTH) },
+  ]
+  for (const fields of cases) {
+    const members = flatMembers(fields, reserved)
+    const name = toLine([JSON.stringify(fields).slice(0, 50)])
+    t.equal(`{"time":"T"${members ?? 'DECLINED'}}`, toLine({ time: 'T', ...fields }), name)
+  }
+  const declined: object[] = [
+    { path: 'x'.repeat(MAX_FIELD_LENGTH + 1) },
+    { path: '/a%2fb' },
+    { path: '/x/eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2ln' },
+    { scopes: ['GET /a'] },
+    { listen: { data: 'x' } },
+    { gone: undefined },
+    { seq: 3 },
+    { time: 'forged' },
+    { big: 10n },
+  ]
+  for (const fields of declined) t.equal(flatMembers(fields, reserved), undefined, `declines ${toLine([String(Object.keys(fields))])}`)
+  for (const v of odd) t.equal(jsonString(v), toLine([v]).slice(1, -1), `jsonString ${toLine([v])}`)
 })
 
 t.test('anything shaped like a JWT is redacted from event fields, however it is spelled', async (t) => {

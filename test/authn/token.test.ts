@@ -114,6 +114,27 @@ t.test('the verified-token cache still honours exp and audience', async (t) => {
   t.match(await verifier.verify(token, 'crm-api'), { code: 'token_expired' }, 'cached token past exp')
 })
 
+t.test('verifyCached answers only for a token verified before, exactly as verify does', async (t) => {
+  const ring = await loadKeyRing({ signingKey: undefined, verificationKeyFiles: [], dataDir: dataDir() })
+  let now = Date.now()
+  const issuer = createTokenIssuer(ring, 'jitgate')
+  const verifier = createTokenVerifier({ keys: ring, issuer: 'jitgate', clockToleranceS: 0, cacheSize: 2, now: () => now })
+  const token = await issuer.issue(grant({ expiresAt: now + 10_000 }))
+  t.equal(verifier.verifyCached(token, 'crm-api'), undefined, 'never verified: no answer, verify must run')
+  const first = await verifier.verify(token, 'crm-api')
+  t.ok(first.ok)
+  t.same(verifier.verifyCached(token, 'crm-api'), first, 'the same verdict, without waiting')
+  t.match(verifier.verifyCached(token, 'billing'), { ok: false, code: 'token_invalid', who: { sub: 'acme' } }, 'other audience')
+  t.equal(verifier.verifyCached(`${token.slice(0, -2)}AA`, 'crm-api'), undefined, 'another spelling is another token')
+  now += 11_000
+  t.match(verifier.verifyCached(token, 'crm-api'), { code: 'token_expired' }, 'past exp')
+  t.equal(verifier.verifyCached(token, 'crm-api'), undefined, 'an expired token leaves the cache')
+  const off = createTokenVerifier({ keys: ring, issuer: 'jitgate', clockToleranceS: 0, cacheSize: 0, now: () => Date.now() })
+  const fresh = await issuer.issue(grant({ expiresAt: Date.now() + 10_000 }))
+  t.ok((await off.verify(fresh, 'crm-api')).ok)
+  t.equal(off.verifyCached(fresh, 'crm-api'), undefined, 'no cache, no cached answer')
+})
+
 t.test('rotation: a token signed by a previous key verifies while its public key is listed', async (t) => {
   const dir = dataDir()
   const old = await generateSigningKey()

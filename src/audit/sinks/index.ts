@@ -69,7 +69,7 @@ export function openSink(config: SinkConfig, name: string, reporter: SinkReporte
 function deferred(name: string, format: AuditFormat, opening: Promise<AuditSink>, reporter: SinkReporter): AuditOutput {
   let sink: AuditSink | undefined
   let failed = false
-  let early: [string, Readonly<Record<string, unknown>>][] = []
+  let early: [string, Readonly<Record<string, unknown>> | undefined][] = []
   const opened = opening.then(
     (s) => {
       sink = s

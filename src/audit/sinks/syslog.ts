@@ -132,8 +132,9 @@ export function createSyslogSink(opts: SyslogSinkOptions, reporter: SinkReporter
   open()
   return {
     name: opts.name,
+    usesRecord: true,
     write(line, record) {
-      const frame = syslogFrame(line, record, frameOpts)
+      const frame = syslogFrame(line, record ?? (JSON.parse(line) as Record<string, unknown>), frameOpts)
       if (closing && !socket) return reporter.onDrop(1)
       // The bound covers both what waits here and what the socket has not sent yet.
       if (queued + (socket?.writableLength ?? 0) + frame.length > memoryMax) return reporter.onDrop(1)

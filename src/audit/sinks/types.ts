@@ -7,9 +7,14 @@
 export interface AuditSink {
   /** Names the sink in metrics and in `audit.dropped` events (closed set: from config). */
   readonly name: string
-  /** Queues one line (without its newline); `record` is the native event it renders (syslog
-   * takes its time and name for the header). */
-  write(line: string, record: Readonly<Record<string, unknown>>): void
+  /**
+   * The sink reads `record` (syslog takes the event's time and name for its header). Only such
+   * sinks are given it: the audit log skips building a record object per event for the others.
+   */
+  readonly usesRecord?: boolean
+  /** Queues one line (without its newline); `record` is the native event it renders (given when
+   * `usesRecord`). */
+  write(line: string, record?: Readonly<Record<string, unknown>>): void
   /** Resolves once everything queued so far was handed to the destination (or given up on). */
   flush(): Promise<void>
   /** Flushes, then releases the destination. */
