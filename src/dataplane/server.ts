@@ -50,11 +50,18 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const decisionSeconds = { allow: metrics.decisionSeconds.child('allow'), deny: metrics.decisionSeconds.child('deny') }
   const observeDecision = (decision: 'allow' | 'deny', started: number): void => decisionSeconds[decision].observe((performance.now() - started) / 1000)
   // A handler counts as in flight until its audit event is written (not merely until the response
-  // closes): graceful shutdown waits on these so no decision's event is lost or written late.
-  const handlers = new Set<Promise<void>>()
-  function tracked(p: Promise<void>): void {
-    handlers.add(p)
-    void p.finally(() => handlers.delete(p))
+  // closes): graceful shutdown waits on these so no decision's event is lost or written late. A
+  // count, not a set of promises: nothing is chained onto each request's handler.
+  let running = 0
+  let idle: (() => void)[] = []
+  function enter(): void {
+    running++
+  }
+  function leave(): void {
+    if (--running > 0 || idle.length === 0) return
+    const waiting = idle
+    idle = []
+    for (const wake of waiting) wake()
   }
 
   // Forwarded requests in flight per grant: one vendor's stalled calls must not hold every
@@ -70,14 +77,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     socket.destroy()
   }
 
-  function decideSafely(req: IncomingMessage, upgrade: boolean): Promise<Decision> {
-    return decider
-      .decide({ method: req.method ?? 'GET', url: req.url ?? '', host: req.headers.host, rawHeaders: req.rawHeaders, upgrade })
-      .catch((err: unknown): Deny => {
-        // A bug, not a denial reason: fail closed and say so loudly.
-        log.error({ err }, 'decision failed')
-        return { allow: false, code: 'internal_error', detail: 'decision failed' }
-      })
+  async function decideSafely(req: IncomingMessage, upgrade: boolean): Promise<Decision> {
+    try {
+      return await decider.decide({ method: req.method ?? 'GET', url: req.url ?? '', host: req.headers.host, rawHeaders: req.rawHeaders, upgrade })
+    } catch (err) {
+      // A bug, not a denial reason: fail closed and say so loudly.
+      log.error({ err }, 'decision failed')
+      return { allow: false, code: 'internal_error', detail: 'decision failed' }
+    }
   }
 
   function recordDeny(req: IncomingMessage, clientIp: string, d: Deny, requestId: string, started: number, protocol: 'http' | 'websocket'): void {
@@ -268,23 +275,33 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     audit.emit('connection.closed', { ...base, reason, duration_ms: elapsed(started) })
   }
 
-  const server = createServer({ requestTimeout: 0 }, (req, res) => {
-    tracked(
-      onRequest(req, res).catch((err: unknown) => {
-        log.error({ err }, 'request handling failed')
-        if (!res.headersSent) res.writeHead(500).end()
-        else res.destroy()
-      }),
-    )
-  })
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    tracked(
-      onUpgrade(req, socket, head).catch((err: unknown) => {
-        log.error({ err }, 'upgrade handling failed')
-        socket.destroy()
-      }),
-    )
-  })
+  async function handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    enter()
+    try {
+      await onRequest(req, res)
+    } catch (err) {
+      log.error({ err }, 'request handling failed')
+      if (!res.headersSent) res.writeHead(500).end()
+      else res.destroy()
+    } finally {
+      leave()
+    }
+  }
+
+  async function handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    enter()
+    try {
+      await onUpgrade(req, socket, head)
+    } catch (err) {
+      log.error({ err }, 'upgrade handling failed')
+      socket.destroy()
+    } finally {
+      leave()
+    }
+  }
+
+  const server = createServer({ requestTimeout: 0 }, (req, res) => void handleRequest(req, res))
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleUpgrade(req, socket, head))
   server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => {
     // Malformed HTTP never reaches the pipeline: it is denied here, coded and audited like any
     // other denial, where the socket can still be answered.
@@ -337,16 +354,19 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   })
   return {
     server,
-    inflight: () => handlers.size,
+    inflight: () => running,
     async settled(timeoutMs) {
+      if (running === 0) return 0
+      // Until the count reaches zero, whenever that is: a request can still arrive on a connection
+      // accepted before the listener closed, and its handler (and audit event) counts as much as
+      // the ones already running.
       let timer: NodeJS.Timeout | undefined
-      let expired = false
-      const timeout = new Promise<void>((resolve) => (timer = setTimeout(() => resolve(void (expired = true)), timeoutMs)))
-      // Again and again: a request can still arrive on a connection accepted before the listener
-      // closed, and its handler (and audit event) counts as much as the ones already running.
-      while (handlers.size > 0 && !expired) await Promise.race([Promise.allSettled([...handlers]), timeout])
+      await new Promise<void>((resolve) => {
+        idle.push(resolve)
+        timer = setTimeout(resolve, timeoutMs)
+      })
       clearTimeout(timer)
-      return handlers.size
+      return running
     },
   }
 }
