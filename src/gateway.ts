@@ -143,7 +143,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     log,
   })
   const connections = new ConnectionRegistry()
-  const forwarder = createForwarder({ connectTimeoutMs: config.dataPlane.connectTimeoutMs })
+  const forwarder = createForwarder({ connectTimeoutMs: config.dataPlane.connectTimeoutMs, sendTimeoutMs: config.dataPlane.sendTimeoutMs })
 
   const decider = createDecider({
     policy: getPolicy,

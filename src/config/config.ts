@@ -24,6 +24,8 @@ export interface GatewayConfig {
     readonly listen: ListenAddress
     readonly upstreamTimeoutMs: number
     readonly connectTimeoutMs: number
+    /** A client that reads none of its response for this long is cut (the upstream request dropped). */
+    readonly sendTimeoutMs: number
     readonly drainTimeoutMs: number
     /** Requests one grant may have in flight at once; 0 = no limit. */
     readonly maxInflightPerGrant: number
@@ -188,6 +190,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): GatewayConfig {
       listen: listenOf('JITGATE_DATA_LISTEN', 'data_plane', c.data_plane?.listen, '0.0.0.0:8080'),
       upstreamTimeoutMs: ms(c.data_plane?.upstream_timeout, 30_000),
       connectTimeoutMs: ms(c.data_plane?.connect_timeout, 5_000),
+      sendTimeoutMs: ms(c.data_plane?.send_timeout, 60_000),
       drainTimeoutMs: ms(c.data_plane?.drain_timeout, 10_000),
       maxInflightPerGrant: c.data_plane?.max_inflight_per_grant ?? DEFAULT_MAX_INFLIGHT_PER_GRANT,
       publicProto: c.data_plane?.public_proto ?? 'http',

@@ -29,6 +29,7 @@ export const ConfigSchema = Type.Object(
           listen: Type.Optional(Listen('Sub-processor traffic. Env: JITGATE_DATA_LISTEN.')),
           upstream_timeout: Type.Optional(Duration('Until the upstream sends response headers.')),
           connect_timeout: Type.Optional(Duration('Connecting to an upstream.')),
+          send_timeout: Type.Optional(Duration('How long a client may leave the response unread before its connection is cut.')),
           drain_timeout: Type.Optional(Duration('On SIGTERM, how long in-flight requests may finish.')),
           max_inflight_per_grant: Type.Optional(
             Type.Integer({ minimum: 0, description: 'Requests one grant may have in flight at once (0: no limit); more get 429 too_many_requests.' }),

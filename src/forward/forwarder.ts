@@ -109,6 +109,11 @@ export interface ForwarderOptions {
   readonly keepAliveTimeoutMs?: number
   /** TCP (and TLS) connect budget, also bounded by each request's `timeoutMs`. Default 5000. */
   readonly connectTimeoutMs?: number
+  /**
+   * How long a client may leave the response unread (the gateway's send buffer full, the upstream
+   * paused) before its connection is cut and the upstream request dropped. Default 60000.
+   */
+  readonly sendTimeoutMs?: number
 }
 
 /** How long a closing tunnel waits for peers to finish their close handshakes before cutting them off. */
@@ -159,23 +164,72 @@ function resumeBeforeEnd(this: Socket): void {
  * without keep-alive for its end): the socket is destroyed by then, so there is nothing to resume.
  * Before undici's own listener runs, its parser's `finish` is made to clear the paused flag first,
  * which is the upstream fix (nodejs/undici#5389): llhttp answers "paused" again and the response
- * ends as an error, the client's connection cut, instead of the process. Done once, on the shared
- * prototype, the first time an upstream connection errors, closes or ends.
+ * ends as an error, the client's connection cut, instead of the process.
+ *
+ * And an unsolicited `100 Continue` (the gateway never forwards `Expect`, yet some servers send one
+ * anyway): RFC 9110 §15.2 has a client parse 1xx responses it did not ask for, and undici 7 instead
+ * destroys the connection ("bad response"), which answered the client 502. The parser's
+ * `onHeadersComplete` hands undici a 100 as {@link UNSOLICITED_INTERIM}, an interim like any other:
+ * the handler skips interims and the final response follows on the same request.
+ *
+ * Both patches go on the shared parser prototype, once per process, as soon as the first upstream
+ * connection has a parser: on its first 'readable', before any response byte is parsed (or on an
+ * error, end or close that comes first).
  */
-const FINISH_GUARDED = Symbol('jitgate.finishGuarded')
+const PARSER_GUARDED = Symbol('jitgate.parserGuarded')
+
+/** What an unsolicited 100 is passed on as: an unassigned 1xx, which every handler reads as an interim. */
+export const UNSOLICITED_INTERIM = 199
+
+interface GuardableParser {
+  paused: boolean
+  finish(): unknown
+  onHeadersComplete(statusCode: number, upgrade: boolean, shouldKeepAlive: boolean): number
+}
 
 /** Exported for tests only. */
-export function guardFinish(this: Socket): void {
+export function guardParser(this: Socket): void {
   const parser = (this as Socket & Record<symbol, object | null | undefined>)[kParser]
   if (parser == null) return
-  const proto = Object.getPrototypeOf(parser) as { finish?: (this: PausableParser & { paused: boolean }) => unknown; [FINISH_GUARDED]?: true }
-  if (proto[FINISH_GUARDED] === true || typeof proto.finish !== 'function') return
+  const proto = Object.getPrototypeOf(parser) as Partial<GuardableParser> & { [PARSER_GUARDED]?: true }
+  if (proto[PARSER_GUARDED] === true) return
+  proto[PARSER_GUARDED] = true
   const finish = proto.finish
-  proto.finish = function guardedFinish(this: PausableParser & { paused: boolean }) {
-    if (this.paused) this.paused = false
-    return finish.call(this)
+  if (typeof finish === 'function') {
+    proto.finish = function guardedFinish(this: GuardableParser) {
+      if (this.paused) this.paused = false
+      return finish.call(this)
+    }
   }
-  proto[FINISH_GUARDED] = true
+  const onHeadersComplete = proto.onHeadersComplete
+  if (typeof onHeadersComplete === 'function') {
+    proto.onHeadersComplete = function guardedHeadersComplete(this: GuardableParser, statusCode, upgrade, shouldKeepAlive) {
+      return onHeadersComplete.call(this, statusCode === 100 ? UNSOLICITED_INTERIM : statusCode, upgrade, shouldKeepAlive)
+    }
+  }
+}
+
+function guardOnFirstRead(this: Socket): void {
+  if ((this as Socket & Record<symbol, unknown>)[kParser] == null) return
+  this.off('readable', guardOnFirstRead)
+  guardParser.call(this)
+}
+
+/**
+ * True while undici handles an upstream connection's ECONNRESET. undici ends a close-delimited
+ * body at a reset as it would at a close (client-h1 `onHttpSocketError`), so a body cut short looks
+ * whole; only a close says it is. Set before undici's 'error' listener runs, cleared once it has.
+ */
+let upstreamResetting = false
+
+function clearResetting(): void {
+  upstreamResetting = false
+}
+
+function noteReset(err: NodeJS.ErrnoException): void {
+  if (err.code !== 'ECONNRESET') return
+  upstreamResetting = true
+  queueMicrotask(clearResetting)
 }
 
 /** The upstream connector with the guards above. Exported for tests only. */
@@ -185,10 +239,12 @@ export function guardedConnector(timeoutMs: number): buildConnector.connector {
     connect(options, (...args) => {
       const socket = args[1]
       if (socket != null) {
-        socket.prependListener('end', guardFinish)
+        socket.prependListener('readable', guardOnFirstRead)
+        socket.prependListener('end', guardParser)
         socket.prependListener('end', resumeBeforeEnd)
-        socket.prependListener('error', guardFinish)
-        socket.prependListener('close', guardFinish)
+        socket.prependListener('error', guardParser)
+        socket.prependListener('error', noteReset)
+        socket.prependListener('close', guardParser)
       }
       callback(...args)
     })
@@ -201,6 +257,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
     keepAliveTimeout: opts.keepAliveTimeoutMs ?? 4_000,
     connect: guardedConnector(opts.connectTimeoutMs ?? 5_000),
   }
+  const sendTimeoutMs = opts.sendTimeoutMs ?? 60_000
   const pools = new Map<string, Pool>()
   const proxy = httpProxy.createProxyServer({ ws: true, xfwd: false })
   // http-proxy emits `proxyReqWs` synchronously inside `proxy.ws()`, with the IncomingMessage but
@@ -232,7 +289,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
         return Promise.resolve(failure('upstream_unavailable', started, describe(err), false))
       }
       return new Promise((resolve) => {
-        const exchange = new HttpExchange(req, res, target.timeoutMs, started, resolve)
+        const exchange = new HttpExchange(req, res, target.timeoutMs, sendTimeoutMs, started, resolve)
         pool.dispatch(
           {
             path: target.path,
@@ -308,6 +365,8 @@ function hasRequestBody(req: IncomingMessage): boolean {
 class HttpExchange implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined
   private readonly timer: NodeJS.Timeout
+  /** Runs while the upstream is paused for a client that has not read what was sent. */
+  private sendTimer: NodeJS.Timeout | undefined
   private status = 0
   private settled = false
   private abandoned = false
@@ -318,6 +377,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     req: IncomingMessage,
     private readonly res: ServerResponse,
     timeoutMs: number,
+    private readonly sendTimeoutMs: number,
     private readonly started: number,
     private readonly resolve: (outcome: ForwardOutcome) => void,
   ) {
@@ -339,12 +399,24 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     if (this.settled || statusCode < 200) return
     clearTimeout(this.timer)
     this.status = statusCode
+    const bodiless = statusCode === 204 || statusCode === 304
     try {
+      const out = buildDownstreamHeaders(headers)
+      // RFC 9110 §8.6: never a Content-Length on a 204 (a 304 may carry the representation's).
+      if (statusCode === 204) delete out['content-length']
       // Node's standard reason phrase: the upstream's carries no meaning (RFC 9112 §4) and could
       // hold bytes Node refuses to write.
-      this.res.writeHead(statusCode, buildDownstreamHeaders(headers))
+      this.res.writeHead(statusCode, out)
     } catch (err) {
       controller.abort(err instanceof Error ? err : new Error(String(err)))
+      return
+    }
+    if (bodiless) {
+      // RFC 9112 §6.3: a 204 or 304 ends with its headers, whatever Content-Length it declares.
+      // undici 7 holds a 304's (or a stray 204's) Content-Length against the empty body and fails
+      // the response, after the client got its headers: the response is complete here, and an
+      // error undici reports for it afterwards changes nothing (it only costs that connection).
+      this.onResponseEnd()
     }
   }
 
@@ -358,11 +430,19 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     if (!this.res.write(chunk) && !upstreamEnding && !controller.paused) {
       controller.pause()
       this.res.once('drain', this.onDrain)
+      this.sendTimer = setTimeout(this.onSendTimeout, this.sendTimeoutMs)
     }
   }
 
   onResponseEnd(): void {
     if (this.settled) return
+    if (upstreamResetting) {
+      // A close-delimited body ended by a reset, not a close: it may be cut short, so the client
+      // must not get it as whole (its chunked response is cut off instead of ended).
+      this.settle(failure('upstream_unavailable', this.started, 'upstream reset the connection before the end of a close-delimited body', true))
+      this.res.destroy()
+      return
+    }
     this.res.end()
     this.settle({ ok: true, status: this.status, upstreamMs: performance.now() - this.started })
   }
@@ -397,13 +477,22 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   }
 
   private readonly onDrain = (): void => {
+    clearTimeout(this.sendTimer)
     this.controller?.resume()
+  }
+
+  /** nginx's `send_timeout`: a client that stopped reading holds the upstream for no one. */
+  private readonly onSendTimeout = (): void => {
+    if (this.settled) return
+    this.abandon('client_aborted', `client read none of the response for ${this.sendTimeoutMs} ms`)
+    this.res.destroy()
   }
 
   private settle(outcome: ForwardOutcome): void {
     if (this.settled) return
     this.settled = true
     clearTimeout(this.timer)
+    clearTimeout(this.sendTimer)
     this.res.off('close', this.onClientClose)
     this.resolve(outcome)
   }

@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap'
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
-import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { Agent as HttpAgent, createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, connect as netConnect, type AddressInfo, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import { Client, type Dispatcher } from 'undici'
@@ -661,6 +661,142 @@ t.test('an upstream that resets its connection after a close-delimited response,
   probe.on('data', (c: Buffer) => (text += c.toString()))
   await new Promise((resolve) => probe.on('close', resolve).on('error', resolve))
   t.match(text, /^HTTP\/1\.1 (200|502) /, 'the gateway still answers')
+})
+
+/** An upstream speaking raw bytes: `reply` answers every chunk a connection sends (one request each). */
+async function rawUpstream(t: Test, reply: (socket: Socket, request: string) => void): Promise<Upstream> {
+  let connections = 0
+  const sockets = new Set<Socket>()
+  const server = createNetServer((socket) => {
+    connections++
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    socket.on('error', () => {})
+    socket.on('data', (d: Buffer) => reply(socket, d.toString('latin1')))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const s of sockets) s.destroy()
+    return new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, connections: () => connections }
+}
+
+/** A GET through node:http's client, which reads a 304's Content-Length as RFC 9110 has it (undici 7 does not). */
+function nodeGet(origin: string, path: string, agent: HttpAgent): Promise<{ status: number; headers: IncomingMessage['headers']; body: string; socket: Socket }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${origin}${path}`, { agent }, (res) => {
+      let body = ''
+      res.setEncoding('latin1')
+      res.on('data', (c: string) => (body += c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, socket: res.socket }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+t.test('a 204 or 304 ends with its headers, whatever Content-Length it declares', async (t) => {
+  // The exact inputs of a finding: a 304 carrying its representation's Content-Length (which RFC
+  // 9110 §8.6 allows) was failed by undici after its headers had gone out (the client got a cut
+  // response, the audit a 502); a 204 declaring one (which it must not) went the same way.
+  const up = await rawUpstream(t, (socket, request) => {
+    if (request.startsWith('GET /304 ')) socket.write('HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\n\r\n')
+    else if (request.startsWith('GET /204 ')) socket.write('HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n')
+    else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')
+  })
+  const gw = await startGateway(t, up.origin)
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 })
+  t.teardown(() => agent.destroy())
+
+  const notModified = await nodeGet(gw.origin, '/304', agent)
+  t.equal(notModified.status, 304)
+  t.equal(notModified.headers.etag, '"v1"')
+  t.equal(notModified.headers['content-length'], '1234', "a 304 keeps its representation's length")
+  t.equal(notModified.body, '')
+  t.match(await gw.outcomes.next(), { ok: true, status: 304 })
+
+  const noContent = await nodeGet(gw.origin, '/204', agent)
+  t.equal(noContent.status, 204)
+  t.notOk('content-length' in noContent.headers, 'a 204 goes out without the Content-Length it must not have')
+  t.match(await gw.outcomes.next(), { ok: true, status: 204 })
+  t.equal(noContent.socket, notModified.socket, 'the client connection stayed usable')
+
+  const after = await nodeGet(gw.origin, '/after', agent)
+  t.same([after.status, after.body], [200, 'ok'])
+  t.equal(after.socket, notModified.socket)
+  t.match(await gw.outcomes.next(), { ok: true, status: 200 })
+})
+
+t.test('an unsolicited 100 Continue is skipped: the final response follows', async (t) => {
+  // The exact input of a finding: a server that sends 100 Continue whatever the request (the
+  // gateway never forwards Expect) was answered 502, undici having dropped the connection.
+  const up = await rawUpstream(t, (socket, request) => {
+    socket.write('HTTP/1.1 100 Continue\r\n\r\n')
+    const final = `HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n${request.startsWith('GET /split ') ? 'later' : 'final'}`
+    if (request.startsWith('GET /split ')) setTimeout(() => socket.write(final), 30)
+    else socket.write(final)
+  })
+  const gw = await startGateway(t, up.origin)
+  const c = client(t, gw.origin)
+  for (const [path, body] of [['/', 'final'], ['/split', 'later'], ['/', 'final']] as const) {
+    const res = await c.request({ path, method: 'GET' })
+    t.same([res.statusCode, await res.body.text()], [200, body], `${path}: the final response`)
+    t.match(await gw.outcomes.next(), { ok: true, status: 200 })
+  }
+  t.equal(up.connections(), 1, 'the upstream connection was kept')
+})
+
+t.test('a close-delimited body ended by a reset is not passed off as whole; one ended by a close is', async (t) => {
+  // The exact input of a finding: headers, a close-delimited body, then an RST. undici ends such
+  // a body at a reset as at a close, so the client got a cut body as a complete 200.
+  const up = await rawUpstream(t, (socket, request) => {
+    socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n')
+    if (request.startsWith('GET /reset ')) socket.write('partial', () => setTimeout(() => socket.resetAndDestroy(), 30))
+    else socket.write('whole', () => setTimeout(() => socket.end(), 30))
+  })
+  const gw = await startGateway(t, up.origin)
+  const cut = await client(t, gw.origin).request({ path: '/reset', method: 'GET' })
+  t.equal(cut.statusCode, 200)
+  await t.rejects(cut.body.text(), 'the client sees its response cut off, not ended')
+  t.match(await gw.outcomes.next(), { ok: false, code: 'upstream_unavailable', responseStarted: true, detail: /reset the connection before the end of a close-delimited body/ })
+
+  const whole = await client(t, gw.origin).request({ path: '/close', method: 'GET' })
+  t.same([whole.statusCode, await whole.body.text()], [200, 'whole'])
+  t.match(await gw.outcomes.next(), { ok: true, status: 200 })
+})
+
+t.test('a client that reads none of its response for the send timeout is cut, and the upstream request dropped', async (t) => {
+  let upstreamGone = signal()
+  const up = await startUpstream(t, (_req, res) => {
+    res.on('close', () => upstreamGone.resolve())
+    res.writeHead(200, { 'content-type': 'application/octet-stream' })
+    // 256 MiB, with backpressure: far more than every buffer between here and a client not reading.
+    Readable.from((function* () {
+      for (let i = 0; i < 4096; i++) yield Buffer.alloc(64 * 1024, 0x7a)
+    })()).pipe(res).on('error', () => {})
+  })
+  const gw = await startGateway(t, up.origin, { forwarder: createForwarder({ sendTimeoutMs: 300 }) })
+  const u = new URL(gw.origin)
+  const stalled = netConnect(Number(u.port), u.hostname, () => stalled.write('GET /big HTTP/1.1\r\nHost: a\r\n\r\n'))
+  stalled.pause()
+  stalled.on('error', () => {})
+  t.teardown(() => stalled.destroy())
+  const started = performance.now()
+  t.match(await gw.outcomes.next(10_000), { ok: false, code: 'client_aborted', responseStarted: true, detail: 'client read none of the response for 300 ms' })
+  await upstreamGone.promise
+  t.pass(`cut after ${Math.round(performance.now() - started)} ms; the upstream request was dropped`)
+  await new Promise<void>((resolve) => (stalled.destroyed ? resolve() : stalled.once('close', () => resolve()).resume()))
+  t.ok(stalled.destroyed, "the client's connection was closed")
+
+  // A client that pauses for less than the timeout, again and again, gets its whole response.
+  upstreamGone = signal()
+  const body = Buffer.alloc(8 * 1024 * 1024, 0x61)
+  const slow = await startClosingUpstream(t, body, 'length')
+  const gw2 = await startGateway(t, slow, { forwarder: createForwarder({ sendTimeoutMs: 2_000 }) })
+  t.equal(await slowGet(gw2.origin, 200), body.length, 'a slow reader is not cut')
+  t.match(await gw2.outcomes.next(), { ok: true, status: 200 })
 })
 
 t.test('WebSocket', async (t) => {
