@@ -8,11 +8,17 @@
  * - entitlement: the grant still entitled (checkGrantUse, its standing cached per policy version,
  *   as decide.ts does); plus the cold assessment of one grant, done once per (version, grant).
  *
+ * - reload: the longest the event loop goes without a turn while a running gateway reloads that
+ *   policy (the YAML parsed on a worker thread), against the whole load done inline.
+ *
  *   node --import tsx bench/policy-scale.ts        (BENCH_POLICY_SCALE=N for N resources)
  *
  * Bounded: a fixed number of iterations; it never fails on timing (that varies by machine).
  */
 import { performance } from 'node:perf_hooks'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { compilePolicy } from '../src/policy/policy.js'
 import { parseYaml } from '../src/config/yaml-source.js'
 import { compileScopes } from '../src/policy/scope.js'
@@ -84,6 +90,28 @@ console.log(`  load and compile in full                     ${compileMs.toFixed(
 const c1 = process.cpuUsage()
 for (const t of input) parseYaml(t.file, t.text)
 console.log(`    of which YAML parsing (measured again)     ${cpuMs(c1).toFixed(0).padStart(7)} ms CPU`)
+
+// A reload as a running gateway does it: how long do requests wait for the event loop? From the
+// build, as the gateway runs (`npm run bench` builds first): a worker started from source goes
+// through tsx's module hooks, which hold this thread while it loads.
+const { loadPolicyOffThread } = (await import(new URL('../dist/policy/policy.js', import.meta.url).href)) as typeof import('../src/policy/policy.js')
+const dir = mkdtempSync(join(tmpdir(), 'jitgate-policy-scale-'))
+for (const t of input) writeFileSync(join(dir, t.file), t.text)
+let last = performance.now()
+let stallMs = 0
+const tick = setInterval(() => {
+  const now = performance.now()
+  stallMs = Math.max(stallMs, now - last)
+  last = now
+}, 1)
+const r0 = performance.now()
+const reloaded = await loadPolicyOffThread(dir, { env: {} })
+const reloadMs = performance.now() - r0
+clearInterval(tick)
+stallMs = Math.max(stallMs, performance.now() - last)
+rmSync(dir, { recursive: true, force: true })
+if (reloaded.version !== policy.version) throw new Error('the reload compiled a different policy from the same files')
+console.log(`  reload (YAML parsed off thread)              ${reloadMs.toFixed(0).padStart(7)} ms, longest event-loop stall ${stallMs.toFixed(0)} ms`)
 
 // Requests spread over the whole policy: a different resource each time.
 const paths = Array.from({ length: 1024 }, (_, k) => {

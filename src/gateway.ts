@@ -9,7 +9,7 @@ import type { Server } from 'node:http'
 import type { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import type { GatewayConfig } from './config/config.js'
-import { loadPolicy, type Policy } from './policy/policy.js'
+import { loadPolicy, loadPolicyOffThread, type Policy } from './policy/policy.js'
 import { loadKeyRing, type KeyRing } from './authn/keys.js'
 import { createTokenIssuer, createTokenVerifier } from './authn/token.js'
 import type { GrantStore } from './grants/types.js'
@@ -52,7 +52,7 @@ export interface RunningGateway {
    * Re-reads the policy folder now (SIGHUP): a valid policy is swapped in atomically and announced
    * to the other replicas; an invalid one is rejected and the one in force stays.
    */
-  reloadPolicy(): ReloadResult
+  reloadPolicy(): Promise<ReloadResult>
   /** Stops accepting, drains in-flight requests (bounded), closes WebSockets, flushes audit. */
   stop(): Promise<void>
 }
@@ -126,7 +126,7 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
   })
   live = createLivePolicy({
     initial: policy,
-    load: () => loadPolicy(config.policyDir, { env }),
+    load: () => loadPolicyOffThread(config.policyDir, { env }),
     watchDir: config.policyWatch ? config.policyDir : undefined,
     gatewayId: config.gatewayId,
     bus:

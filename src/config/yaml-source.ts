@@ -89,6 +89,30 @@ export function parseYaml(file: string, text: string): { source?: YamlSource; is
   return { source: { file, value, locate: (p) => locate(doc, lineCounter, p) }, issues }
 }
 
+/** What crosses a thread from a parse: the value when the text parsed, else its issues. No positions. */
+export type ParsedYaml = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly issues: SourceIssue[] }
+
+export function toParsed(result: { source?: YamlSource; issues: SourceIssue[] }): ParsedYaml {
+  return result.source ? { ok: true, value: result.source.value } : { ok: false, issues: result.issues }
+}
+
+/**
+ * A source whose value was parsed elsewhere (a worker thread). Positions come from parsing the
+ * text once more, here, the first time one is asked for: only to report a problem or explain an
+ * item, never on the way to a valid policy.
+ */
+export function deferredSource(file: string, text: string, value: unknown): YamlSource {
+  let located: YamlSource | undefined
+  return {
+    file,
+    value,
+    locate(path) {
+      located ??= parseYaml(file, text).source
+      return located?.locate(path) ?? { line: 0, column: 0 }
+    },
+  }
+}
+
 /** Reads and parses a YAML file; a missing or unreadable file is an issue, not an exception. */
 export function readYaml(file: string): { source?: YamlSource; issues: SourceIssue[] } {
   try {

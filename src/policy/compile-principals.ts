@@ -64,8 +64,11 @@ export interface CompiledPrincipals {
   readonly principals: Principals
   /** Subject → resource → the entitlements of that sub-processor for that resource. */
   readonly entitlementIndex: ReadonlyMap<string, ReadonlyMap<string, readonly Entitlement[]>>
-  /** `file:line` where each compiled sub-processor and entitlement is declared (for explanations). */
-  readonly origins: WeakMap<object, string>
+  /**
+   * `file:line` where each compiled sub-processor and entitlement is declared (for explanations),
+   * worked out when asked: a source parsed off the main thread has its positions only on demand.
+   */
+  readonly origins: WeakMap<object, () => string>
 }
 
 /** RFC 8176 `mfa`: the one `amr` value that says "multiple factors" by itself. */
@@ -87,7 +90,7 @@ interface Item<T> {
 
 /** Compiles and checks the principals of every file; problems go to `input.issues`. */
 export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrincipals {
-  const origins = new WeakMap<object, string>()
+  const origins = new WeakMap<object, () => string>()
   const at = (item: { source: YamlSource; path: Path }, rel: Path, message: string): void => {
     input.issues.push(issueAt(item.source, [...item.path, ...rel], message))
   }
@@ -96,17 +99,17 @@ export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrinci
 
   /** The items of one kind across files, duplicates (by id) reported and dropped. */
   function collect<T extends { id: string }>(key: 'subprocessors' | 'approver_groups' | 'approval_policies' | 'local_approvers', noun: string): Item<T>[] {
-    const firstSeen = new Map<string, string>()
+    const firstSeen = new Map<string, Item<T>>()
     const out: Item<T>[] = []
     for (const { value, source } of input.files) {
       ;((value[key] ?? []) as T[]).forEach((spec, index) => {
         const item = { spec, source, path: [key, index] }
         const previous = firstSeen.get(spec.id)
         if (previous !== undefined) {
-          at(item, ['id'], `duplicate ${noun} id "${spec.id}" (first defined at ${previous})`)
+          at(item, ['id'], `duplicate ${noun} id "${spec.id}" (first defined at ${lineOf(previous)})`)
           return
         }
-        firstSeen.set(spec.id, lineOf(item))
+        firstSeen.set(spec.id, item)
         out.push(item)
       })
     }
@@ -132,7 +135,7 @@ export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrinci
     const sp = compileSubprocessor(item)
     if (sp) {
       subprocessors.set(sp.id, sp)
-      origins.set(sp, lineOf(item))
+      origins.set(sp, () => lineOf(item))
       const byResource = new Map<string, Entitlement[]>()
       for (const e of sp.entitlements) byResource.set(e.resource, [...(byResource.get(e.resource) ?? []), e])
       entitlementIndex.set(sp.id, byResource)
@@ -294,7 +297,7 @@ export function compilePrincipals(input: CompilePrincipalsInput): CompiledPrinci
       autoApprove,
       breakGlass,
     })
-    origins.set(entitlement, `${item.source.file}:${item.source.locate([...item.path, ...rel]).line}`)
+    origins.set(entitlement, () => lineOf({ source: item.source, path: [...item.path, ...rel] }))
     return entitlement
   }
 

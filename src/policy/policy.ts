@@ -7,7 +7,8 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { checkSchema, issueAt, parseYaml, SourceError, sortIssues, type SourceIssue, type YamlSource } from '../config/yaml-source.js'
+import { checkSchema, deferredSource, issueAt, parseYaml, SourceError, sortIssues, type ParsedYaml, type SourceIssue, type YamlSource } from '../config/yaml-source.js'
+import { parseOffThread } from './parse-off-thread.js'
 import {
   ApprovalPolicySchema,
   ApproverGroupSchema,
@@ -96,6 +97,21 @@ const NO_ENTITLEMENTS: readonly Entitlement[] = Object.freeze([])
 
 /** Loads every `*.yaml`/`*.yml` file of `dir`; throws SourceError with every problem found. */
 export function loadPolicy(dir: string, opts: LoadPolicyOptions = {}): Policy {
+  const { absDir, texts } = readPolicyFolder(dir)
+  return nonEmpty(compilePolicy(texts, { ...opts, dir: absDir }), absDir)
+}
+
+/**
+ * {@link loadPolicy} for a running gateway (a reload): the same result, with the YAML parsed on a
+ * worker thread, so requests keep being decided, under the policy in force, while it is read.
+ */
+export async function loadPolicyOffThread(dir: string, opts: LoadPolicyOptions = {}): Promise<Policy> {
+  const { absDir, texts } = readPolicyFolder(dir)
+  const parsed = await parseOffThread(texts)
+  return nonEmpty(compilePolicy(texts, { ...opts, dir: absDir, parsed }), absDir)
+}
+
+function readPolicyFolder(dir: string): { absDir: string; texts: { file: string; text: string }[] } {
   const absDir = resolve(dir)
   let names: string[]
   try {
@@ -117,7 +133,10 @@ export function loadPolicy(dir: string, opts: LoadPolicyOptions = {}): Policy {
     }
   }
   if (unreadable.length > 0) throw new SourceError(unreadable)
-  const policy = compilePolicy(texts, { ...opts, dir: absDir })
+  return { absDir, texts }
+}
+
+function nonEmpty(policy: Policy, absDir: string): Policy {
   if (policy.resources.size === 0) {
     // Almost surely the wrong folder or an emptied file: a gateway with no routes refuses everything.
     throw new SourceError([{ file: absDir, line: 0, column: 0, path: '', message: 'no resources are declared in any *.yaml file of this folder' }])
@@ -125,10 +144,13 @@ export function loadPolicy(dir: string, opts: LoadPolicyOptions = {}): Policy {
   return policy
 }
 
-/** Compiles policy from in-memory texts (used by loadPolicy, `policy check` and tests). */
+/**
+ * Compiles policy from in-memory texts (used by loadPolicy, `policy check` and tests). `parsed`:
+ * the texts' YAML already parsed (off the main thread), one entry per text, in order.
+ */
 export function compilePolicy(
   texts: readonly { file: string; text: string }[],
-  opts: LoadPolicyOptions & { dir?: string } = {},
+  opts: LoadPolicyOptions & { dir?: string; parsed?: readonly ParsedYaml[] } = {},
 ): Policy {
   const env = opts.env ?? process.env
   const skipSecrets = opts.skipSecrets ?? false
@@ -139,9 +161,10 @@ export function compilePolicy(
   const hash = createHash('sha256')
   const fingerprint = createHmac('sha256', FINGERPRINT_KEY)
   const secretInput = (secret: string | Uint8Array) => fingerprint.update(secret).update('\u0000')
-  for (const { file, text } of texts) {
+  for (const [i, { file, text }] of texts.entries()) {
     hash.update(`${file.split('/').pop()}\u0000${text}\u0000`)
-    const parsed = parseYaml(file, text)
+    const given = opts.parsed?.[i]
+    const parsed = given === undefined ? parseYaml(file, text) : given.ok ? { source: deferredSource(file, text, given.value), issues: [] } : { issues: given.issues }
     if (!parsed.source) {
       issues.push(...parsed.issues)
       continue
@@ -164,14 +187,14 @@ export function compilePolicy(
 
   const resources = new Map<string, Resource>()
   const declared = new Map<string, DeclaredResource>()
-  const origins = new WeakMap<object, string>()
-  const firstSeen = new Map<string, string>()
+  const origins = new WeakMap<object, () => string>()
+  const firstSeen = new Map<string, () => string>()
   for (const { spec, source, index } of specs) {
     const at = (path: (string | number)[], message: string) => issues.push(issueAt(source, ['resources', index, ...path], message))
-    const where = `${source.file}:${source.locate(['resources', index, 'id']).line}`
+    const where = () => `${source.file}:${source.locate(['resources', index, 'id']).line}`
     const previous = firstSeen.get(spec.id)
     if (previous !== undefined) {
-      at(['id'], `duplicate resource id "${spec.id}" (first defined at ${previous})`)
+      at(['id'], `duplicate resource id "${spec.id}" (first defined at ${previous()})`)
       // Its own problems are reported all the same: fixing the id must not reveal new ones.
       compileResource(spec, env, source.file, at, skipSecrets, secretInput)
       continue
@@ -240,7 +263,7 @@ export function compilePolicy(
       const byResource = entitlementIndex.get(subject)
       return byResource === undefined ? undefined : (byResource.get(resource) ?? NO_ENTITLEMENTS)
     },
-    originOf: (item: object) => origins.get(item) ?? compiled.origins.get(item),
+    originOf: (item: object) => (origins.get(item) ?? compiled.origins.get(item))?.(),
   })
 }
 

@@ -10,6 +10,10 @@
  *
  * What to do with each result (log, metric, audit, announce to replicas) is the caller's: see
  * `onReload`.
+ *
+ * Loading is asynchronous (the YAML is parsed off the event loop: requests keep being decided under
+ * the policy in force meanwhile) and one at a time: a reload asked for while one runs is done once
+ * more after it (the files may have changed after they were read), shared by every ask meanwhile.
  */
 import { watch, type FSWatcher } from 'node:fs'
 import { SourceError, type SourceIssue } from '../config/yaml-source.js'
@@ -28,8 +32,8 @@ export type ReloadResult =
 
 export interface PolicyReloaderOptions {
   readonly initial: Policy
-  /** Loads and validates the policy folder in full; throws SourceError listing every problem. */
-  load(): Policy
+  /** Loads and validates the policy folder in full; rejects with SourceError listing every problem. */
+  load(): Promise<Policy>
   /** Told about every reload, after the swap. Must not throw. */
   onReload(result: ReloadResult, trigger: ReloadTrigger): void
   /** Folder to watch; undefined: no watching (SIGHUP and notices only). */
@@ -43,21 +47,50 @@ export interface PolicyReloaderOptions {
 export interface PolicyReloader {
   /** The policy in force. The data plane reads it once per request. */
   current(): Policy
-  /** Reloads now (synchronously: no request is decided in between). */
-  reload(trigger: ReloadTrigger): ReloadResult
-  /** Stops watching. */
-  close(): void
+  /** Reloads now, or right after the reload in progress; resolves once the result is in force and reported. */
+  reload(trigger: ReloadTrigger): Promise<ReloadResult>
+  /** Stops watching; resolves once a reload in progress has been reported. */
+  close(): Promise<void>
 }
+
+/** Which trigger a merged reload reports: a SIGHUP is announced to the fleet, a notice never is. */
+const PRECEDENCE: Readonly<Record<ReloadTrigger, number>> = { signal: 2, file: 1, notice: 0 }
 
 export function createPolicyReloader(opts: PolicyReloaderOptions): PolicyReloader {
   let policy = opts.initial
   const debounceMs = opts.debounceMs ?? 250
 
-  const reload = (trigger: ReloadTrigger): ReloadResult => {
+  let running: Promise<ReloadResult> | undefined
+  let queued: { trigger: ReloadTrigger; readonly result: Promise<ReloadResult> } | undefined
+
+  const start = (trigger: ReloadTrigger): Promise<ReloadResult> => {
+    const run = once(trigger).finally(() => {
+      running = undefined
+    })
+    running = run
+    return run
+  }
+
+  const reload = (trigger: ReloadTrigger): Promise<ReloadResult> => {
+    if (running === undefined) return start(trigger)
+    if (queued === undefined) {
+      const after = (): Promise<ReloadResult> => {
+        queued = undefined
+        return start(next.trigger)
+      }
+      const next: { trigger: ReloadTrigger; result: Promise<ReloadResult> } = { trigger, result: running.then(after, after) }
+      queued = next
+    } else if (PRECEDENCE[trigger] > PRECEDENCE[queued.trigger]) {
+      queued.trigger = trigger
+    }
+    return queued.result
+  }
+
+  const once = async (trigger: ReloadTrigger): Promise<ReloadResult> => {
     let next: Policy
     let result: ReloadResult
     try {
-      next = opts.load()
+      next = await opts.load()
     } catch (err) {
       // Anything that is not a policy error (a file vanishing mid-read, a bug) rejects the reload
       // too: the policy in force stays, and the process does not die of a watcher event.
@@ -86,7 +119,7 @@ export function createPolicyReloader(opts: PolicyReloaderOptions): PolicyReloade
       // Not persistent: watching alone never keeps the process alive.
       watcher = watch(opts.watchDir, { persistent: false }, () => {
         clearTimeout(timer)
-        timer = setTimeout(() => reload('file'), debounceMs)
+        timer = setTimeout(() => void reload('file'), debounceMs)
         timer.unref()
       })
       watcher.on('error', onError)
@@ -98,9 +131,11 @@ export function createPolicyReloader(opts: PolicyReloaderOptions): PolicyReloade
   return {
     current: () => policy,
     reload,
-    close() {
+    async close() {
       clearTimeout(timer)
       watcher?.close()
+      await queued?.result
+      await running
     },
   }
 }

@@ -18,8 +18,8 @@ export const MAX_REPORTED_ISSUES = 50
 
 export interface LivePolicyDeps {
   readonly initial: Policy
-  /** Loads and validates the policy folder in full; throws SourceError. */
-  load(): Policy
+  /** Loads and validates the policy folder in full; rejects with SourceError. */
+  load(): Promise<Policy>
   /** Folder to watch for changes; undefined: SIGHUP and notices only. */
   readonly watchDir: string | undefined
   readonly debounceMs?: number
@@ -41,8 +41,8 @@ export interface PolicyVersionMismatch {
 export interface LivePolicy {
   /** The policy in force; read once per request. */
   current(): Policy
-  /** Reloads now; `signal` is SIGHUP. */
-  reload(trigger: ReloadTrigger): ReloadResult
+  /** Reloads now (or right after the reload in progress); `signal` is SIGHUP. */
+  reload(trigger: ReloadTrigger): Promise<ReloadResult>
   /** Set while this replica's version differs from the last announced one. */
   mismatch(): PolicyVersionMismatch | undefined
   close(): Promise<void>
@@ -117,7 +117,7 @@ export function createLivePolicy(deps: LivePolicyDeps): LivePolicy {
   const unsubscribe = deps.bus.subscribe((notice) => {
     if (notice.origin === gatewayId) return
     announced = notice
-    reloader.reload('notice')
+    void reloader.reload('notice')
   })
 
   return {
@@ -125,8 +125,8 @@ export function createLivePolicy(deps: LivePolicyDeps): LivePolicy {
     reload: reloader.reload,
     mismatch,
     async close() {
-      reloader.close()
       unsubscribe()
+      await reloader.close()
       await deps.bus.close()
     },
   }

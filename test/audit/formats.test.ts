@@ -56,7 +56,7 @@ async function realEvents(t: Test): Promise<AuditRecord[]> {
   await g.revoke(grant.id, 'done = finished | closed')
   await call(`${g.controlUrl}/v1/grants`, { headers: { authorization: 'Bearer nope-nope-nope-nope' } })
   writeFileSync(join(dirname(g.dataDir), 'policies', 'broken.yaml'), 'resources: [{ id: Bad }]\n')
-  g.gw.reloadPolicy()
+  await g.gw.reloadPolicy()
   const a = g.gw.audit
   const req = { access_request_id: 'r_1', subject: 'acme', resource: 'crm-api' }
   a.emit('request.created', { ...req, request_id: 'h1', actor: 'acme', scopes: ['GET /crm/**'], reason: 'SUP-8', ticket: 'SUP-8' })

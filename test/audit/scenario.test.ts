@@ -86,7 +86,7 @@ t.test('every event a real gateway writes validates against the published schema
 
   t.equal((await call(`${g.controlUrl}/v1/grants`, { headers: { authorization: 'Bearer wrong-token-0123456789' } })).status, 401)
   writeFileSync(join(dirname(g.dataDir), 'policies', 'broken.yaml'), 'resources: [{ id: Bad }]\n')
-  t.equal(g.gw.reloadPolicy().result, 'rejected')
+  t.equal((await g.gw.reloadPolicy()).result, 'rejected')
   await g.waitForEvent((e) => e.event === 'grant.expired' && e.grant_id === brief.id)
   await g.stop()
 

@@ -33,10 +33,10 @@ function policy(upstream: string, opts: { scopes?: string; acme?: boolean; crm?:
     .join('\n')
 }
 
-function replace(g: TestGateway, text: string): void {
+async function replace(g: TestGateway, text: string): Promise<void> {
   writeFileSync(join(g.policyDir, '.next'), text)
   renameSync(join(g.policyDir, '.next'), join(g.policyDir, 'test.yaml'))
-  const r = g.gw.reloadPolicy()
+  const r = await g.gw.reloadPolicy()
   if (r.result === 'rejected') throw new Error(`policy rejected: ${JSON.stringify(r.issues)}`)
 }
 
@@ -47,32 +47,32 @@ t.test('a tightened policy denies a live grant with the documented code', async 
   const get = () => call(`${g.dataUrl}/crm/customers/42`, { token: grant.token })
   t.equal((await get()).status, 200)
 
-  replace(g, policy(upstream.url, { scopes: '["GET /crm/tickets/**"]' }))
+  await replace(g, policy(upstream.url, { scopes: '["GET /crm/tickets/**"]' }))
   let res = await get()
   t.equal(res.status, 403)
   t.equal(res.json.error.code, 'grant_not_entitled')
   t.equal(res.json.error.message, DENY_CODES.grant_not_entitled.message)
   t.match(g.audit.at(-1), { event: 'access.denied', code: 'grant_not_entitled', grant_id: grant.id, subject: 'acme', status: 403 })
 
-  replace(g, policy(upstream.url, { acme: false }))
+  await replace(g, policy(upstream.url, { acme: false }))
   res = await get()
   t.equal(res.json.error.code, 'grant_not_entitled', 'sub-processor removed')
   t.match(res.json.error.message, /no longer entitles/)
 
-  replace(g, policy(upstream.url, { crm: false }))
+  await replace(g, policy(upstream.url, { crm: false }))
   t.equal((await get()).json.error.code, 'route_not_found', 'resource removed: nothing routes there')
 
-  replace(g, policy(upstream.url))
+  await replace(g, policy(upstream.url))
   t.equal((await get()).status, 200, 'loosened again: the grant, never revoked, works again')
 
   // A window enforced at use that excludes now (yesterday, all day; still not today after midnight).
   const yesterday = DAYS[(new Date().getUTCDay() + 6) % 7] as string
-  replace(g, policy(upstream.url, { window: `${yesterday} 00:00-24:00 UTC` }))
+  await replace(g, policy(upstream.url, { window: `${yesterday} 00:00-24:00 UTC` }))
   res = await get()
   t.equal(res.status, 403)
   t.equal(res.json.error.code, 'outside_window')
   const todayAndTomorrow = `${DAYS[new Date().getUTCDay()]},${DAYS[(new Date().getUTCDay() + 1) % 7]} 00:00-24:00 UTC`
-  replace(g, policy(upstream.url, { window: todayAndTomorrow }))
+  await replace(g, policy(upstream.url, { window: todayAndTomorrow }))
   t.equal((await get()).status, 200, 'inside the window')
 
   const metrics = await (await call(`${g.controlUrl}/metrics`)).text
@@ -99,10 +99,10 @@ t.test('an open WebSocket is closed once the policy no longer allows it: a windo
     ['the entitlement was removed', policy(upstream.url, { websocket: true, acme: false }), 'grant_not_entitled'],
   ]
   for (const [name, tightened, code] of cases) {
-    replace(g, policy(upstream.url, { websocket: true, window: today }))
+    await replace(g, policy(upstream.url, { websocket: true, window: today }))
     const { ws, closed } = await open()
     ws.send('still here')
-    replace(g, tightened)
+    await replace(g, tightened)
     const { code: closeCode } = await closed
     t.equal(closeCode, 1008, `${name}: closed with 1008`)
     const ev = await g.waitForEvent((e) => e.event === 'connection.closed' && e.reason === code)
@@ -120,7 +120,7 @@ t.test('an operator issuing a grant outside a window enforced at use is told so 
   t.match(issued.warnings, [/"GET \/crm\/\*\*": outside its entitlement's window .* enforced at use/])
   t.equal((await call(`${g.dataUrl}/crm/x`, { token: issued.token })).json.error.code, 'outside_window', 'as the warning said')
   const today = `${DAYS[new Date().getUTCDay()]},${DAYS[(new Date().getUTCDay() + 1) % 7]} 00:00-24:00 UTC`
-  replace(g, policy(upstream.url, { window: today }))
+  await replace(g, policy(upstream.url, { window: today }))
   t.equal((await g.issue({ subject: 'acme', resource: 'crm', scopes: ['GET /crm/**'], ttl: '30m' })).warnings, undefined, 'no warning inside the window')
 })
 

@@ -56,7 +56,7 @@ t.test('two replicas on one Redis: a valid change is seen by both, a replica wit
   // The subscriptions go live a moment after start; a SIGHUP'd reload that nobody hears would be
   // missed by B, so wait until a notice gets through.
   await eventually('B hears A', async () => {
-    a.gw.reloadPolicy()
+    await a.gw.reloadPolicy()
     await new Promise((r) => setTimeout(r, 100))
     return (await reloads(b)).unchanged !== undefined
   })
@@ -93,7 +93,7 @@ t.test('two replicas on one Redis: a valid change is seen by both, a replica wit
     t.same((await readyz(a)).policy_version_mismatch, null)
     writePolicy(b, v3)
     const heard = (await reloads(a)).unchanged ?? 0
-    t.equal(b.gw.reloadPolicy().result, 'loaded', 'SIGHUP')
+    t.equal((await b.gw.reloadPolicy()).result, 'loaded', 'SIGHUP')
     t.equal(b.gw.policy().version, announced)
     t.same((await readyz(b)).policy_version_mismatch, null)
     await eventually('A hears B', async () => ((await reloads(a)).unchanged ?? 0) > heard)
@@ -109,7 +109,7 @@ t.test('an invalid file is rejected: the gateway keeps serving on the last good 
   const grant = await g.issue({ resource: 'api', scopes: ['GET /api/**'], ttl: '5m' })
 
   writePolicy(g, `${good}  - { id: api, upstream: "ftp://x", match: { path_prefix: /api }, max_ttl: 1 hour, typo: 1 }\n`)
-  const result = g.gw.reloadPolicy()
+  const result = await g.gw.reloadPolicy()
   t.equal(result.result, 'rejected')
   t.equal(g.gw.policy().version, version, 'the last good version stays in force')
   t.equal((await call(`${g.dataUrl}/api/x`, { token: grant.token })).status, 200, 'still serving')
@@ -126,18 +126,18 @@ t.test('an invalid file is rejected: the gateway keeps serving on the last good 
 
   // Fixed: the next reload takes it.
   writePolicy(g, policyWith(['api', 'other'], upstream.url))
-  t.equal(g.gw.reloadPolicy().result, 'loaded')
+  t.equal((await g.gw.reloadPolicy()).result, 'loaded')
   t.not(g.gw.policy().version, version)
   t.same(await reloads(g), { rejected: 1, loaded: 1 })
-  t.equal(g.gw.reloadPolicy().result, 'unchanged', 'nothing changed: no new version, no audit event')
+  t.equal((await g.gw.reloadPolicy()).result, 'unchanged', 'nothing changed: no new version, no audit event')
   t.equal(g.audit.filter((e) => e.event === 'policy.loaded').length, 2, 'at start and once reloaded')
 
   // Broken again, then restored to the version in force: the recovery is on record too.
   const inForce = g.gw.policy().version
   writePolicy(g, `${good}  - { id: broken }\n`)
-  t.equal(g.gw.reloadPolicy().result, 'rejected')
+  t.equal((await g.gw.reloadPolicy()).result, 'rejected')
   writePolicy(g, policyWith(['api', 'other'], upstream.url))
-  t.equal(g.gw.reloadPolicy().result, 'unchanged')
+  t.equal((await g.gw.reloadPolicy()).result, 'unchanged')
   t.equal(g.gw.policy().version, inForce)
   t.match(g.audit.at(-1), { event: 'policy.loaded', policy_version: inForce }, 'valid again: policy.loaded, not silence')
 })
