@@ -323,6 +323,7 @@ export function grantView(g: Grant): Record<string, unknown> {
     issued_by: g.issuedBy,
     ...(g.reason !== undefined ? { reason: g.reason } : {}),
     ...(g.policyVersion !== undefined ? { policy_version: g.policyVersion } : {}),
+    ...(g.accessRequestId !== undefined ? { access_request_id: g.accessRequestId } : {}),
     ...(g.claim !== undefined ? { claim: claimView(g.claim) } : {}),
   }
 }

@@ -19,6 +19,8 @@ export interface Grant {
   readonly issuedBy: string
   readonly reason?: string
   readonly policyVersion?: string
+  /** The access request (workflow) this grant came out of; absent for one an operator issued directly. */
+  readonly accessRequestId?: string
   /**
    * Claim-by window (entitlement `claim_within`): the grant's clock starts at its first use. While
    * `claim.claimedAt` is unset the grant is *unclaimed* and `expiresAt` is `claim.by`: used by

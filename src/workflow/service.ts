@@ -390,6 +390,7 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
       issuedBy: r.decidedBy as string,
       reason: r.reason,
       policyVersion: r.policyVersion,
+      accessRequestId: r.id,
       ...(claimBy !== undefined ? { claim: { by: claimBy, durationMs: r.durationMs, notAfter: r.grantExpiresAt as number } } : {}),
     }
   }
@@ -510,9 +511,11 @@ export function createWorkflowService(deps: WorkflowDeps): WorkflowService {
     for (const e of sp?.entitlements ?? []) {
       if (e.resource === grant.resource && inApprovalPolicy(a, pr.approvalPolicies.get(e.approval), pr)) return true
     }
-    // The request the grant came from (its id derives from the grant's), judged by its own stages.
-    if (!grant.id.startsWith('g_')) return false
-    const r = await stored(() => deps.requests.get(`r_${grant.id.slice(2)}`))
+    // The request the grant came from, judged by its own stages. (A grant stored before grants
+    // named their request has an id derived from the request's.)
+    const requestId = grant.accessRequestId ?? (grant.id.startsWith('g_') ? `r_${grant.id.slice(2)}` : undefined)
+    if (requestId === undefined) return false
+    const r = await stored(() => deps.requests.get(requestId))
     return r !== undefined && r.grantId === grant.id && r.subject === grant.subject && mayDecide(a, r)
   }
 

@@ -155,8 +155,16 @@ t.test("an approver's session in the page: sign in, open, approve with TOTP, rev
   const grantRow = $('grants-list').querySelectorAll('tr')[1] as FakeElement
   t.equal(grantRow.getAttribute('data-grant-id'), `g_${id.slice(2)}`)
 
+  // The grant names the request it came out of: its Request button shows that request.
+  const buttonIn = (row: FakeElement | undefined, label: string) => row?.querySelectorAll('button').find((b) => b.textContent === label)
+  $('detail').hidden = true
+  buttonIn(grantRow, 'Request')?.click()
+  await until('the request again', () => !$('detail').hidden)
+  t.ok($('detail-body').textContent.includes(id), 'the Request button opens the request the grant came out of')
+  t.equal($('decide-form').hidden, true, 'decided already: nothing to approve')
+
   // Revoke: without a reason an error, then with a reason and alice's next code (this one is used).
-  grantRow.querySelector('button')?.click()
+  buttonIn(grantRow, 'Revoke…')?.click()
   t.equal($('revoke').hidden, false)
   t.ok($('revoke-reason').focused)
   t.ok($('revoke-summary').textContent.includes(`g_${id.slice(2)}`))
@@ -223,11 +231,12 @@ t.test('the grant list in the page: operator-issued and request-born grants from
   t.same(rows().map((r) => r.getAttribute('data-grant-id')), [direct.id, fromRequest], 'both grants, soonest expiry first')
   const [operatorRow, requestRow] = rows()
   t.match(cells(operatorRow), ['acme', 'crm-api', 'GET /crm/tickets/**', 'INC-7 hotfix', 'operator:dana', /^in (10m(\d+s)?|9m\d+s)$/, direct.id, 'Revoke…'], 'the operator-issued grant')
-  t.match(cells(requestRow), ['acme', 'crm-api', 'GET /crm/customers/*', HOSTILE, '00u-carol', /^in (1h(\d+s)?|59m(\d+s)?)$/, fromRequest, 'Revoke…'], 'the request-born grant')
+  t.match(cells(requestRow), ['acme', 'crm-api', 'GET /crm/customers/*', HOSTILE, '00u-carol', /^in (1h(\d+s)?|59m(\d+s)?)$/, fromRequest, 'RequestRevoke…'], 'the request-born grant')
   t.ok(requestRow?.texts().includes(HOSTILE), "the requester's reason is a text node")
   t.same(calls.filter((c) => c.includes('/v1/grants') || c.includes('status=approved') || /\/v1\/requests\/r_/.test(c)), ['GET /v1/grants'], 'the list is one call, and no request is read for it')
 
   // Revoke the operator's grant from the list, with alice's code.
+  t.equal(operatorRow?.querySelectorAll('button').length, 1, 'an operator-issued grant names no request')
   operatorRow?.querySelector('button')?.click()
   t.equal($('revoke').hidden, false)
   t.equal($('revoke-summary').textContent, `Grant ${direct.id} of acme on crm-api, issued by operator:dana: the next request with its token is refused.`)
@@ -243,7 +252,7 @@ t.test('the grant list in the page: operator-issued and request-born grants from
   t.match(g.audit.find((e) => e.event === 'grant.revoked' && e.grant_id === direct.id), { actor: 'alice', reason: 'hotfix shipped' })
 
   // An API refusal from the list: the grant was revoked elsewhere while the form was open.
-  rows()[0]?.querySelector('button')?.click()
+  rows()[0]?.querySelectorAll('button').find((b) => b.textContent === 'Revoke…')?.click()
   t.equal(await g.revoke(fromRequest, 'closed elsewhere'), 204)
   $('revoke-reason').value = 'done'
   $('revoke-totp').value = w.alice.code(Date.now() + 30_000)

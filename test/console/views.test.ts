@@ -72,12 +72,13 @@ t.test('one request in full: stages, approvals and their comments, all as text',
   t.same(comment.texts(), [HOSTILE], "an approver's comment is text")
 })
 
-t.test('active grants: rows for an operator-issued grant and a request-born one, the Revoke button calling back with the grant', async (t) => {
+t.test('active grants: rows for an operator-issued grant and a request-born one, the Revoke button calling back with the grant, the Request button with its request', async (t) => {
   // As GET /v1/grants shows them (src/control/server.ts, grantView).
   const direct = { id: 'g_OP', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], status: 'active', starts_at: ago(0), expires_at: new Date(NOW + 600_000).toISOString(), issued_by: 'operator:dana', reason: 'INC-7 hotfix' }
-  const fromRequest = { id: 'g_B', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], status: 'active', starts_at: ago(0), expires_at: new Date(NOW + 3_600_000).toISOString(), issued_by: 'carol', reason: HOSTILE, policy_version: 'v1' }
+  const fromRequest = { id: 'g_B', subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/**'], status: 'active', starts_at: ago(0), expires_at: new Date(NOW + 3_600_000).toISOString(), issued_by: 'carol', reason: HOSTILE, policy_version: 'v1', access_request_id: 'r_B' }
   const revoked: unknown[] = []
-  const table = grantsTable(doc, [direct, fromRequest], NOW, { onRevoke: (g) => revoked.push(g) }) as unknown as FakeElement
+  const opened: string[] = []
+  const table = grantsTable(doc, [direct, fromRequest], NOW, { onRevoke: (g) => revoked.push(g), onOpenRequest: (id) => opened.push(id) }) as unknown as FakeElement
   checkInert(t, table, 'grants table')
   t.same(
     table.all().find((e) => e.tagName === 'thead')?.all().filter((e) => e.tagName === 'th').map((e) => e.textContent),
@@ -85,11 +86,16 @@ t.test('active grants: rows for an operator-issued grant and a request-born one,
   )
   const row = (id: string) => table.all().find((e) => e.attributes.get('data-grant-id') === id) as FakeElement
   t.same(row('g_OP').children.map((c) => c.textContent), ['acme', 'crm-api', 'GET /crm/**', 'INC-7 hotfix', 'operator:dana', 'in 10m', 'g_OP', 'Revoke…'])
-  t.same(row('g_B').children.map((c) => c.textContent), ['acme', 'crm-api', 'GET /crm/**', HOSTILE, 'carol', 'in 1h', 'g_B', 'Revoke…'])
+  t.same(row('g_B').children.map((c) => c.textContent), ['acme', 'crm-api', 'GET /crm/**', HOSTILE, 'carol', 'in 1h', 'g_B', 'RequestRevoke…'])
   t.ok(row('g_B').texts().includes(HOSTILE), 'the reason is one text node')
-  row('g_B').querySelector('button')?.click()
-  row('g_OP').querySelector('button')?.click()
+  const button = (id: string, label: string) => row(id).all().find((e) => e.tagName === 'button' && e.textContent === label) as FakeElement
+  button('g_B', 'Revoke…').click()
+  button('g_OP', 'Revoke…').click()
   t.same(revoked, [fromRequest, direct])
+  t.equal(button('g_OP', 'Request'), undefined, 'an operator-issued grant names no request')
+  button('g_B', 'Request').click()
+  t.same(opened, ['r_B'], 'a request-born grant opens its request')
+  t.same(revoked, [fromRequest, direct], 'without revoking anything')
 
   const noReason = grantsTable(doc, [{ ...direct, reason: undefined }], NOW, { onRevoke: () => {} }) as unknown as FakeElement
   t.equal(noReason.all().find((e) => e.attributes.get('class') === 'reason')?.textContent, '', 'an operator grant without a reason')

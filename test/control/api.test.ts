@@ -87,6 +87,7 @@ t.test('list and get never return tokens; a revocation needs a reason', async (t
   const one = await call(`${g.controlUrl}/v1/grants/${a.id}`, { token: ADMIN_TOKEN })
   t.match(one.json, { id: a.id, subject: 'acme', resource: 'crm-api', status: 'active', issued_by: 'operator' })
   t.equal(one.json.token, undefined)
+  t.notOk('access_request_id' in one.json, 'an operator-issued grant names no access request')
   const noReason = await request(`${g.controlUrl}/v1/grants/${a.id}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })
   t.equal(noReason.statusCode, 400)
   await noReason.body.dump()

@@ -49,7 +49,7 @@ t.test('two-stage approval end to end: pending, stage 1, stage 2, grant', async 
   t.equal(done.grantStartsAt, h.now())
   t.equal(done.grantExpiresAt, Math.floor((h.now() + HOUR) / 1000) * 1000)
   const lookup = await h.grantStore.get(r.grantId)
-  t.match(lookup, { status: 'active', grant: { id: r.grantId, subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], issuedBy: 'carol' } })
+  t.match(lookup, { status: 'active', grant: { id: r.grantId, subject: 'acme', resource: 'crm-api', scopes: ['GET /crm/customers/*'], issuedBy: 'carol', accessRequestId: r.id } })
 
   t.same(
     h.audit.map((e) => e.event),

@@ -53,6 +53,8 @@ export interface ActiveGrant {
   readonly issued_by: string
   readonly reason?: string
   readonly policy_version?: string
+  /** The access request it came out of; absent for a grant an operator issued directly. */
+  readonly access_request_id?: string
   readonly claim?: {
     readonly status: 'unclaimed' | 'claimed'
     readonly claim_by: string

@@ -205,7 +205,8 @@ export function createApiClient(options) {
      * `GET /v1/grants` with the approver's credential (no TOTP code: it is a read). They include
      * the grants issued directly by an operator (`POST /v1/grants`) as well as those that came
      * out of access requests, each as the API shows a grant: `id`, `subject`, `resource`,
-     * `scopes`, `starts_at`, `expires_at`, `issued_by`, and `reason`, `claim` when it has them.
+     * `scopes`, `starts_at`, `expires_at`, `issued_by`, and `reason`, `claim` and
+     * `access_request_id` (the request it came out of) when it has them.
      * Never a token.
      */
     async listActiveGrants() {

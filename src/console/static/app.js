@@ -94,7 +94,7 @@ async function refresh() {
   const now = client.serverNow()
   const unread = (what) => el(document, 'p', { class: 'empty' }, `The ${what} could not be read: see the error above.`)
   $('pending-list').replaceChildren(pending.status === 'fulfilled' ? pendingTable(document, pending.value, now, { onOpen: (id) => void openRequest(id) }) : unread('pending requests'))
-  $('grants-list').replaceChildren(grants.status === 'fulfilled' ? grantsTable(document, grants.value, now, { onRevoke: startRevoke }) : unread('grants'))
+  $('grants-list').replaceChildren(grants.status === 'fulfilled' ? grantsTable(document, grants.value, now, { onRevoke: startRevoke, onOpenRequest: (id) => void openRequest(id) }) : unread('grants'))
   for (const read of [pending, grants]) if (read.status === 'rejected') throw read.reason
 }
 

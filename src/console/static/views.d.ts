@@ -19,5 +19,5 @@ export declare function stageProgress(r: object): { done: number; total: number;
 export declare function formatProgress(r: object): string
 export declare function pendingTable(doc: ViewDocument, requests: readonly object[], nowMs: number, handlers: { onOpen(id: string): void }): ViewNode
 export declare function requestDetail(doc: ViewDocument, r: object, nowMs: number): ViewNode
-export declare function grantsTable(doc: ViewDocument, grants: readonly object[], nowMs: number, handlers: { onRevoke(grant: any): void }): ViewNode
+export declare function grantsTable(doc: ViewDocument, grants: readonly object[], nowMs: number, handlers: { onRevoke(grant: any): void; onOpenRequest?(id: string): void }): ViewNode
 export declare function errorView(doc: ViewDocument, err: { code?: string; message?: string; status?: number; requestId?: string; details?: readonly string[] }): ViewNode

@@ -177,12 +177,19 @@ function grantExpiry(doc, g, nowMs) {
 /**
  * The active grants the approver may revoke, soonest expiry first, whether an operator issued
  * them or they came out of access requests: sub-processor, resource, scopes, reason, who issued
- * it, expiry and id, each with a button that calls `onRevoke(grant)`.
+ * it, expiry and id, each with a button that calls `onRevoke(grant)`. A grant that came out of an
+ * access request names it, with a button that calls `onOpenRequest(id)` to show it.
  */
-export function grantsTable(doc, grants, nowMs, { onRevoke }) {
+export function grantsTable(doc, grants, nowMs, { onRevoke, onOpenRequest }) {
   const rows = grants.map((g) => {
     const revoke = el(doc, 'button', { type: 'button', class: 'danger' }, 'Revoke…')
     revoke.addEventListener('click', () => onRevoke(g))
+    let request = null
+    if (typeof g.access_request_id === 'string' && onOpenRequest !== undefined) {
+      const id = g.access_request_id
+      request = el(doc, 'button', { type: 'button', class: 'secondary', title: `Show access request ${id}` }, 'Request')
+      request.addEventListener('click', () => onOpenRequest(id))
+    }
     return el(
       doc,
       'tr',
@@ -194,7 +201,7 @@ export function grantsTable(doc, grants, nowMs, { onRevoke }) {
       el(doc, 'td', {}, text(g.issued_by)),
       el(doc, 'td', { title: text(g.expires_at) }, grantExpiry(doc, g, nowMs)),
       el(doc, 'td', {}, el(doc, 'code', {}, text(g.id))),
-      el(doc, 'td', {}, revoke),
+      el(doc, 'td', {}, request, revoke),
     )
   })
   return table(doc, ['Sub-processor', 'Resource', 'Scopes', 'Reason', 'Issued by', 'Expires', 'Grant', ''], rows, 'No active grant that you may revoke.')
