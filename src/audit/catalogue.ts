@@ -94,7 +94,7 @@ const PROXIED = ['request_id', 'subject', 'grant_id', 'resource', 'method', 'pat
 export const EVENTS = {
   'access.allowed': {
     summary:
-      'A data-plane request passed every check and was forwarded. `status` is what the client got; an upstream failure after the decision carries `code` (`upstream_unavailable`, `upstream_timeout`, `client_aborted`) and `detail`. A WebSocket upgrade is answered 101.',
+      'A data-plane request passed every check and was forwarded. `status` is what the client got; a failure after the decision carries `code` (`upstream_unavailable`, `upstream_timeout`, `request_timeout`, `client_aborted`) and `detail`. A WebSocket upgrade is answered 101.',
     emitter: 'data plane',
     required: [...PROXIED, 'status', 'duration_ms'],
     optional: ['upstream_ms', 'code', 'detail'],
@@ -209,7 +209,7 @@ export const EVENTS = {
   },
   'policy.loaded': {
     summary:
-      'A policy version was loaded and put in force (at start, and on each reload that changed it). `actor` names the reload trigger: `file-watch`, `signal:SIGHUP`, or `replica:<gateway id>` for a reload notice from another replica.',
+      'A policy version was loaded and put in force (at start, and on each reload that changed it), or the files are valid again after a `policy.rejected` (the version in force then unchanged: the trail\'s last word on the policy is not left at "rejected"). `actor` names the reload trigger: `file-watch`, `signal:SIGHUP`, or `replica:<gateway id>` for a reload notice from another replica.',
     emitter: 'gateway',
     required: ['policy_files'],
     optional: ['actor'],

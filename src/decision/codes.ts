@@ -64,6 +64,7 @@ export const DENY_CODES = Object.freeze({
   },
   upstream_unavailable: { status: 502, message: 'The upstream service could not be reached.' },
   upstream_timeout: { status: 504, message: 'The upstream service did not answer in time.' },
+  request_timeout: { status: 408, message: 'The client sent none of its request body for too long; the request was dropped.' },
   // nginx's convention: the client went away before the response was complete (audit/metrics only).
   client_aborted: { status: 499, message: 'The client closed the connection before the response was complete.' },
   internal_error: { status: 500, message: 'The gateway failed to decide; the request was not forwarded.' },

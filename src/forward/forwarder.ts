@@ -27,7 +27,12 @@ export interface ForwardTarget {
   readonly path: string
   /** The upstream request headers, from `buildUpstreamHeaders`. */
   readonly headers: OutgoingHttpHeaders
-  /** Budget from the call until the upstream's response headers (101 for upgrades) arrive. */
+  /**
+   * Budget until the upstream's response headers (101 for upgrades) arrive, counted from the call,
+   * or for a request with a body from the end of the upload: while the body moves, the upstream is
+   * not late. An upload that stops moving for as long fails as `request_timeout` (the client sent
+   * nothing) or `upstream_timeout` (the upstream read nothing).
+   */
   readonly timeoutMs: number
 }
 
@@ -37,7 +42,7 @@ export interface ForwardTarget {
  * upstream stalled mid-body: 504). A client that goes away first is reported as
  * `client_aborted` (audited with nginx's 499) with `responseStarted: true`: the upstream is not to blame.
  */
-export type ForwardFailureCode = 'upstream_unavailable' | 'upstream_timeout' | 'client_aborted'
+export type ForwardFailureCode = 'upstream_unavailable' | 'upstream_timeout' | 'client_aborted' | 'request_timeout'
 
 export interface ForwardFailure {
   readonly ok: false
@@ -289,13 +294,14 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
         return Promise.resolve(failure('upstream_unavailable', started, describe(err), false))
       }
       return new Promise((resolve) => {
-        const exchange = new HttpExchange(req, res, target.timeoutMs, sendTimeoutMs, started, resolve)
+        const body = hasRequestBody(req)
+        const exchange = new HttpExchange(req, res, body, target.timeoutMs, sendTimeoutMs, started, resolve)
         pool.dispatch(
           {
             path: target.path,
             method: req.method ?? 'GET',
             headers: target.headers as IncomingHttpHeaders,
-            body: hasRequestBody(req) ? req : null,
+            body: body ? req : null,
           },
           exchange,
         )
@@ -372,11 +378,16 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   private abandoned = false
   /** Kept: Node clears `req.socket` once the request is destroyed. */
   private readonly clientSocket: Socket
+  /** The request body is still coming in (see {@link onTimeout}). */
+  private uploading: boolean
+  /** The client connection's `bytesRead` when the timer was last armed during the upload. */
+  private readMark = 0
 
   constructor(
-    req: IncomingMessage,
+    private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
-    timeoutMs: number,
+    hasBody: boolean,
+    private readonly timeoutMs: number,
     private readonly sendTimeoutMs: number,
     private readonly started: number,
     private readonly resolve: (outcome: ForwardOutcome) => void,
@@ -384,6 +395,13 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     this.clientSocket = req.socket
     this.timer = setTimeout(this.onTimeout, timeoutMs)
     res.once('close', this.onClientClose)
+    // Watching the upload never reads the body ('end' and the socket's byte count only): undici
+    // is its one reader, and a 'data' listener would take chunks from it.
+    this.uploading = hasBody && !req.complete
+    if (this.uploading) {
+      this.readMark = this.clientSocket.bytesRead
+      req.once('end', this.onUploaded)
+    }
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -394,7 +412,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: ParsedHeaders): void {
-    // Interim responses (103 Early Hints; 100 never comes, Expect is not forwarded) are not
+    // Interim responses (103 Early Hints, an unsolicited 100: Expect is not forwarded) are not
     // relayed: the final response follows on the same request.
     if (this.settled || statusCode < 200) return
     clearTimeout(this.timer)
@@ -455,8 +473,35 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     if (this.res.headersSent) this.res.destroy()
   }
 
+  /**
+   * The upstream's budget ran out, unless the request body is still on its way: an upload that
+   * moved since the timer was armed re-arms it (long uploads are not cut). One that did not is
+   * the client's fault while undici is ready for more (the body stream flowing or not yet read:
+   * the client sent nothing) and the upstream's while undici holds it back (paused: the upstream
+   * reads nothing).
+   */
   private readonly onTimeout = (): void => {
+    if (this.uploading) {
+      const read = this.clientSocket.bytesRead
+      if (read !== this.readMark) {
+        this.readMark = read
+        this.timer.refresh()
+        return
+      }
+      if (this.req.readableFlowing !== false) {
+        this.abandon('request_timeout', `the client sent none of its request body for ${this.timeoutMs} ms`)
+        return
+      }
+      this.abandon('upstream_timeout', `the upstream read none of the request body for ${this.timeoutMs} ms`)
+      return
+    }
     this.abandon('upstream_timeout', 'no response headers in time')
+  }
+
+  /** The whole body is sent: the upstream's budget for its answer starts now. */
+  private readonly onUploaded = (): void => {
+    this.uploading = false
+    if (!this.settled && this.status === 0) this.timer.refresh()
   }
 
   private readonly onClientClose = (): void => {
@@ -494,6 +539,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     clearTimeout(this.timer)
     clearTimeout(this.sendTimer)
     this.res.off('close', this.onClientClose)
+    if (this.uploading) this.req.off('end', this.onUploaded)
     this.resolve(outcome)
   }
 }

@@ -64,7 +64,11 @@ export function assessGrant(
     return { kind: 'not_entitled', detail: `"${grant.subject}" is not a sub-processor in policy ${policy.version}` }
   }
   if (entitlements.length === 0) {
-    return { kind: 'not_entitled', detail: `"${grant.subject}" has no entitlement for resource "${grant.resource}" in policy ${policy.version}` }
+    // The first thing a newcomer meets after adding a resource: say where the missing piece goes.
+    return {
+      kind: 'not_entitled',
+      detail: `"${grant.subject}" has no entitlement for resource "${grant.resource}" in policy ${policy.version} (a sub-processor's grants need one: its entitlements in the policy, see README "Sub-processors, entitlements and approvals")`,
+    }
   }
   let unrestricted = true
   const scopes = compileScopes(grant.scopes).scopes.map((scope): EntitledScope => {

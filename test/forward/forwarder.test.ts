@@ -392,11 +392,15 @@ t.test('HTTP', async (t) => {
     await upstreamClosed.promise
   })
 
-  t.test('upstream slow while the body is still streaming → upstream_timeout', async (t) => {
+  t.test('an upstream that reads none of the request body → upstream_timeout', async (t) => {
     const up = await startUpstream(t, () => {}) // reads nothing, answers nothing
     const gw = await startGateway(t, up.origin, { timeoutMs: 200 })
-    const body = new Readable({ read() {} })
-    body.push(Buffer.alloc(64 * 1024, 'z')) // and never ends
+    // More than every buffer on the way holds, and never ending: the upload stops at the upstream.
+    const body = new Readable({
+      read() {
+        this.push(Buffer.alloc(64 * 1024, 'z'))
+      },
+    })
     const status = await client(t, gw.origin)
       .request({ path: '/', method: 'PUT', body })
       .then(
@@ -404,8 +408,49 @@ t.test('HTTP', async (t) => {
         () => 'connection ended',
       )
     const outcome = await gw.outcomes.next()
-    t.match(outcome, { ok: false, code: 'upstream_timeout' })
+    t.match(outcome, { ok: false, code: 'upstream_timeout', detail: 'the upstream read none of the request body for 200 ms' })
     t.equal(status, outcome.ok === false && outcome.responseStarted ? 'connection ended' : 504)
+    body.destroy()
+  })
+
+  t.test('a client that stops sending its request body → request_timeout, the upstream request dropped', async (t) => {
+    const upstreamGone = signal()
+    const up = await startUpstream(t, (req, res) => {
+      req.resume() // reads all it gets, waits for the rest
+      res.on('close', () => upstreamGone.resolve())
+    })
+    const gw = await startGateway(t, up.origin, { timeoutMs: 200 })
+    const u = new URL(gw.origin)
+    // The exact shape of the finding: a declared length, part of the body, then nothing. It was
+    // audited upstream_timeout (504), blaming the upstream for the client's silence.
+    const socket = netConnect(Number(u.port), u.hostname, () => socket.write('PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789'))
+    socket.on('error', () => {})
+    t.teardown(() => socket.destroy())
+    t.match(await gw.outcomes.next(), { ok: false, code: 'request_timeout', detail: 'the client sent none of its request body for 200 ms' })
+    await upstreamGone.promise
+    t.pass('the upstream request was dropped')
+  })
+
+  t.test('a long upload is not cut while it moves: the upstream budget counts from its end', async (t) => {
+    const up = await startUpstream(t, (req, res) => {
+      let n = 0
+      req.on('data', (c: Buffer) => (n += c.length))
+      // The answer takes most of the budget again once the body is in.
+      req.on('end', () => setTimeout(() => res.end(String(n)), 120))
+    })
+    const gw = await startGateway(t, up.origin, { timeoutMs: 200 })
+    // 12 chunks, 80 ms apart: about 1 s of upload against a 200 ms budget.
+    let sent = 0
+    const body = new Readable({
+      read() {
+        if (sent === 12) return void this.push(null)
+        sent++
+        setTimeout(() => this.push(Buffer.alloc(1000, 'u')), 80)
+      },
+    })
+    const res = await client(t, gw.origin).request({ path: '/upload', method: 'PUT', body })
+    t.same([res.statusCode, await res.body.text()], [200, '12000'])
+    t.match(await gw.outcomes.next(), { ok: true, status: 200 })
   })
 
   t.test('upstream dies mid-response → the client sees a broken response, nothing crashes', async (t) => {

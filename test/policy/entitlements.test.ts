@@ -56,7 +56,7 @@ t.test('a tightened policy: scope narrowed, entitlement or sub-processor removed
   t.same(use(otherResource, g, 'GET', '/crm/tickets/1'), {
     ok: false,
     code: 'grant_not_entitled',
-    detail: `"acme" has no entitlement for resource "crm" in policy ${otherResource.version}`,
+    detail: `"acme" has no entitlement for resource "crm" in policy ${otherResource.version} (a sub-processor's grants need one: its entitlements in the policy, see README "Sub-processors, entitlements and approvals")`,
   })
   const otherVendor = policy('subprocessors:\n  - { id: globex, name: G, contract_ends: "2027-01-01" }\n')
   t.same(use(otherVendor, g, 'GET', '/crm/tickets/1'), {
