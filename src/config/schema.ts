@@ -27,7 +27,7 @@ export const ConfigSchema = Type.Object(
       Type.Object(
         {
           listen: Type.Optional(Listen('Sub-processor traffic. Env: JITGATE_DATA_LISTEN.')),
-          upstream_timeout: Type.Optional(Duration('Until the upstream sends response headers.')),
+          upstream_timeout: Type.Optional(Duration('Until the upstream sends response headers, counted from the end of the request body (re-armed while an upload moves).')),
           connect_timeout: Type.Optional(Duration('Connecting to an upstream.')),
           send_timeout: Type.Optional(Duration('How long a client may leave the response unread before its connection is cut.')),
           drain_timeout: Type.Optional(Duration('On SIGTERM, how long in-flight requests may finish.')),

@@ -139,7 +139,12 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     }
   }
 
-  async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * `expectContinue`: the client sent `Expect: 100-continue` and holds its body back until told to
+   * send it. It is told only once the request is allowed: a refused one never uploads its body
+   * (Node then closes the connection after the refusal, since the body may still come).
+   */
+  async function onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): Promise<void> {
     const started = performance.now()
     const requestId = randomUUID()
     const clientIp = clientAddress(req)
@@ -162,6 +167,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     recordClaim(clientIp, d, requestId)
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
+    if (expectContinue) res.writeContinue()
     inflightByGrant.set(grantId, inflight + 1)
     let outcome
     try {
@@ -275,10 +281,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     audit.emit('connection.closed', { ...base, reason, duration_ms: elapsed(started) })
   }
 
-  async function handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function handleRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): Promise<void> {
     enter()
     try {
-      await onRequest(req, res)
+      await onRequest(req, res, expectContinue)
     } catch (err) {
       log.error({ err }, 'request handling failed')
       if (!res.headersSent) res.writeHead(500).end()
@@ -300,7 +306,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     }
   }
 
-  const server = createServer({ requestTimeout: 0 }, (req, res) => void handleRequest(req, res))
+  const server = createServer({ requestTimeout: 0 }, (req, res) => void handleRequest(req, res, false))
+  // With a listener here Node no longer answers `100 Continue` by itself (see onRequest).
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, true))
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleUpgrade(req, socket, head))
   server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => {
     // Malformed HTTP never reaches the pipeline: it is denied here, coded and audited like any

@@ -46,7 +46,7 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
  * - headers that make frameworks route or dispatch differently from the request line the scope was
  *   checked against (`X-Original-URL`, `X-Rewrite-URL`, method overrides): a grant for `GET /a`
  *   must not reach `POST /admin`;
- * - `expect`: Node's server has already answered `100-continue` to the client, and undici refuses
+ * - `expect`: the gateway answers `100-continue` to the client itself (once the request is allowed), and undici refuses
  *   to send the header at all.
  * `x-forwarded*`, `x-jit-*`, `x-auth-request-*` (oauth2-proxy's identity headers) and `x-envoy-*`
  * are matched by prefix in {@link isStrippedFromRequest}.

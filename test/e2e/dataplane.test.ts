@@ -187,6 +187,47 @@ t.test('requests with a body (sized, chunked, 100-continue, trailers) are forwar
   t.notOk(g.auditText().includes(grant.token), 'no token in the audit trail')
 })
 
+t.test('Expect: 100-continue: the client is told to send its body only once the request is allowed', async (t) => {
+  const { upstream, g } = await setup(t)
+  const grant = await g.issue({ resource: 'crm-api', scopes: ['POST /crm/tickets/**'], ttl: '10m' })
+  /** Sends the head, waits for the gateway's first answer, then (if told to) the body; the whole exchange as text. */
+  const exchange = (head: string, body: string) =>
+    new Promise<{ first: string; all: string; closedByGateway: boolean }>((resolve, reject) => {
+      const u = new URL(g.dataUrl)
+      let all = ''
+      let first = ''
+      const socket = connect(Number(u.port), u.hostname, () => socket.write(head))
+      socket.setEncoding('latin1')
+      socket.on('data', (d: string) => {
+        all += d
+        if (first === '' && all.includes('\r\n\r\n')) {
+          first = all.slice(0, all.indexOf('\r\n'))
+          if (first.startsWith('HTTP/1.1 100 ')) socket.write(body)
+        }
+      })
+      socket.on('end', () => resolve({ first, all, closedByGateway: true }))
+      socket.on('error', reject)
+      setTimeout(() => (socket.destroy(), resolve({ first, all, closedByGateway: false })), 3000)
+    })
+  const head = (path: string, auth: string) => `POST ${path} HTTP/1.1\r\nHost: a\r\n${auth}Expect: 100-continue\r\nContent-Length: 11\r\n\r\n`
+
+  const allowed = await exchange(head('/crm/tickets/wait', `Authorization: Bearer ${grant.token}\r\n`), 'hello world')
+  t.equal(allowed.first, 'HTTP/1.1 100 Continue', 'allowed: 100 Continue first')
+  t.match(allowed.all, /\r\n\r\nHTTP\/1\.1 200 /, 'then the final answer')
+  t.equal(upstream.received.find((r) => r.url === '/crm/tickets/wait')?.body, 'hello world', 'the upstream got the body')
+
+  for (const [name, path, auth, status] of [
+    ['no token', '/crm/tickets/no-token', '', 401],
+    ['out of scope', '/crm/customers/1', `Authorization: Bearer ${grant.token}\r\n`, 403],
+  ] as const) {
+    const refused = await exchange(head(path, auth), 'never sent')
+    t.match(refused.first, new RegExp(`^HTTP/1\\.1 ${status} `), `${name}: the refusal comes first, no 100 Continue`)
+    t.notOk(refused.all.includes('100 Continue'), `${name}: the client is never told to send its body`)
+    t.ok(refused.closedByGateway, `${name}: the gateway closes the connection (the body could still come)`)
+    t.notOk(upstream.received.some((r) => r.url === path), `${name}: nothing forwarded`)
+  }
+})
+
 t.test('a copy of the JIT token in the query string is not forwarded', async (t) => {
   const { upstream, g } = await setup(t)
   const grant = await g.issue({ resource: 'crm-api', scopes: ['GET /crm/**'], ttl: '10m' })
