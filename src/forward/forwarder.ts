@@ -116,7 +116,9 @@ export interface ForwarderOptions {
   readonly connectTimeoutMs?: number
   /**
    * How long a client may leave the response unread (the gateway's send buffer full, the upstream
-   * paused) before its connection is cut and the upstream request dropped. Default 60000.
+   * paused) before its connection is cut and the upstream request dropped. Default 60000. Any byte
+   * the kernel takes re-arms it; a reader so slow that the connection's send buffer stays full
+   * that long counts as not reading (the kernel reports room only in large steps).
    */
   readonly sendTimeoutMs?: number
 }
@@ -373,6 +375,8 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   private readonly timer: NodeJS.Timeout
   /** Runs while the upstream is paused for a client that has not read what was sent. */
   private sendTimer: NodeJS.Timeout | undefined
+  /** What the client connection had handed to the kernel when {@link sendTimer} was last armed. */
+  private deliveredMark = 0
   private status = 0
   private settled = false
   private abandoned = false
@@ -408,7 +412,12 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     // Called once the request is about to be written on a connection. A request given up while it
     // waited for one (timeout, client gone) can only be cancelled from here.
     if (this.abandoned) controller.abort(new Error('request abandoned before it was sent'))
-    else this.controller = controller
+    else {
+      this.controller = controller
+      // The upload's progress counts from here: bytes that came in while the request waited for
+      // a connection were buffered, not sent.
+      this.readMark = this.clientSocket.bytesRead
+    }
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: ParsedHeaders): void {
@@ -448,6 +457,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     if (!this.res.write(chunk) && !upstreamEnding && !controller.paused) {
       controller.pause()
       this.res.once('drain', this.onDrain)
+      this.deliveredMark = this.delivered()
       this.sendTimer = setTimeout(this.onSendTimeout, this.sendTimeoutMs)
     }
   }
@@ -474,21 +484,21 @@ class HttpExchange implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * The upstream's budget ran out, unless the request body is still on its way: an upload that
-   * moved since the timer was armed re-arms it (long uploads are not cut). One that did not is
-   * the client's fault while undici is ready for more (the body stream flowing or not yet read:
-   * the client sent nothing) and the upstream's while undici holds it back (paused: the upstream
-   * reads nothing).
+   * The upstream's budget ran out, unless the request body is on its way to it: once undici sends
+   * the request (not while it waits for a connection: that time is the upstream's), an upload
+   * that moved since the timer was armed re-arms it, so long uploads are not cut. One that did not
+   * move is the client's fault while undici reads the body (flowing: the client sent nothing) and
+   * the upstream's while undici holds it back (paused: the upstream reads nothing).
    */
   private readonly onTimeout = (): void => {
-    if (this.uploading) {
+    if (this.uploading && this.controller !== undefined) {
       const read = this.clientSocket.bytesRead
       if (read !== this.readMark) {
         this.readMark = read
         this.timer.refresh()
         return
       }
-      if (this.req.readableFlowing !== false) {
+      if (this.req.readableFlowing === true) {
         this.abandon('request_timeout', `the client sent none of its request body for ${this.timeoutMs} ms`)
         return
       }
@@ -526,11 +536,32 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     this.controller?.resume()
   }
 
-  /** nginx's `send_timeout`: a client that stopped reading holds the upstream for no one. */
+  /**
+   * nginx's `send_timeout`: a client that stopped reading holds the upstream for no one. 'drain'
+   * comes only once everything buffered is gone; a client that reads, however slowly, lets the
+   * kernel take more of what is being sent, and that re-arms the timer.
+   */
   private readonly onSendTimeout = (): void => {
     if (this.settled) return
-    this.abandon('client_aborted', `client read none of the response for ${this.sendTimeoutMs} ms`)
+    const delivered = this.delivered()
+    if (delivered > this.deliveredMark) {
+      this.deliveredMark = delivered
+      this.sendTimer?.refresh()
+      return
+    }
+    this.abandon('client_aborted', `no byte of the response could be sent to the client for ${this.sendTimeoutMs} ms`)
     this.res.destroy()
+  }
+
+  /**
+   * Bytes the client connection has handed to the kernel: those dispatched to libuv less the part
+   * of a write in progress that libuv still holds (which shrinks as the kernel takes more). Node's
+   * own `bytesWritten` counts what is merely buffered. Should these internals change shape, it
+   * stays 0 and only 'drain' re-arms the timer.
+   */
+  private delivered(): number {
+    const socket = this.clientSocket as Socket & { _bytesDispatched?: number; _handle?: { writeQueueSize?: number } | null }
+    return (socket._bytesDispatched ?? 0) - (socket._handle?.writeQueueSize ?? 0)
   }
 
   private settle(outcome: ForwardOutcome): void {

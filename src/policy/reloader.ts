@@ -64,26 +64,28 @@ export function createPolicyReloader(opts: PolicyReloaderOptions): PolicyReloade
   let queued: { trigger: ReloadTrigger; readonly result: Promise<ReloadResult> } | undefined
 
   const start = (trigger: ReloadTrigger): Promise<ReloadResult> => {
-    const run = once(trigger).finally(() => {
-      running = undefined
+    const run: Promise<ReloadResult> = once(trigger).finally(() => {
+      if (running === run) running = undefined
     })
     running = run
     return run
   }
 
+  // A queued reload is joined even once the one before it has ended (its own start is then a
+  // callback away): asking in reaction to a finished reload never runs a second load beside it.
   const reload = (trigger: ReloadTrigger): Promise<ReloadResult> => {
-    if (running === undefined) return start(trigger)
-    if (queued === undefined) {
-      const after = (): Promise<ReloadResult> => {
-        queued = undefined
-        return start(next.trigger)
-      }
-      const next: { trigger: ReloadTrigger; result: Promise<ReloadResult> } = { trigger, result: running.then(after, after) }
-      queued = next
-    } else if (PRECEDENCE[trigger] > PRECEDENCE[queued.trigger]) {
-      queued.trigger = trigger
+    if (queued !== undefined) {
+      if (PRECEDENCE[trigger] > PRECEDENCE[queued.trigger]) queued.trigger = trigger
+      return queued.result
     }
-    return queued.result
+    if (running === undefined) return start(trigger)
+    const after = (): Promise<ReloadResult> => {
+      queued = undefined
+      return start(next.trigger)
+    }
+    const next: { trigger: ReloadTrigger; result: Promise<ReloadResult> } = { trigger, result: running.then(after, after) }
+    queued = next
+    return next.result
   }
 
   const once = async (trigger: ReloadTrigger): Promise<ReloadResult> => {

@@ -35,11 +35,16 @@ class Mailbox<T> {
     const item = this.items.shift()
     if (item !== undefined) return Promise.resolve(item)
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`nothing arrived within ${ms} ms`)), ms)
-      this.waiters.push((value) => {
+      const waiter = (value: T): void => {
         clearTimeout(timer)
         resolve(value)
-      })
+      }
+      const timer = setTimeout(() => {
+        // A waiter that gave up must not swallow the next item.
+        this.waiters.splice(this.waiters.indexOf(waiter), 1)
+        reject(new Error(`nothing arrived within ${ms} ms`))
+      }, ms)
+      this.waiters.push(waiter)
     })
   }
 }
@@ -429,6 +434,32 @@ t.test('HTTP', async (t) => {
     t.match(await gw.outcomes.next(), { ok: false, code: 'request_timeout', detail: 'the client sent none of its request body for 200 ms' })
     await upstreamGone.promise
     t.pass('the upstream request was dropped')
+  })
+
+  t.test('an upload waiting for an upstream connection is the upstream\'s delay: upstream_timeout on time', async (t) => {
+    // The exact input of a finding: one connection per origin, held by a response that never
+    // comes; a PUT sent whole waits in the pool. It was blamed on the client (request_timeout),
+    // after twice the budget (its buffered body bytes counted as upload progress).
+    const up = await startUpstream(t, (req, res) => {
+      if (req.url === '/hold') return // never answers
+      req.resume()
+      req.on('end', () => res.end('ok'))
+    })
+    // One forwarder (one pool) behind two fronts: the holder's budget is long, the upload's short.
+    const forwarder = createForwarder({ connectionsPerOrigin: 1 })
+    const holder = await startGateway(t, up.origin, { timeoutMs: 3_000, forwarder })
+    const gw = await startGateway(t, up.origin, { timeoutMs: 300, forwarder })
+    const held = client(t, holder.origin).request({ path: '/hold', method: 'GET' }).then(() => undefined, () => undefined)
+    await new Promise((r) => setTimeout(r, 50))
+    const started = performance.now()
+    const res = await client(t, gw.origin).request({ path: '/upload', method: 'PUT', body: 'all of it' })
+    const elapsed = performance.now() - started
+    await res.body.dump()
+    t.equal(res.statusCode, 504)
+    t.ok(elapsed < 550, `answered after ${Math.round(elapsed)} ms, within its 300 ms budget and some`)
+    t.match(await gw.outcomes.next(), { ok: false, code: 'upstream_timeout', detail: 'no response headers in time' })
+    t.match(await holder.outcomes.next(), { ok: false, code: 'upstream_timeout' })
+    await held
   })
 
   t.test('a long upload is not cut while it moves: the upstream budget counts from its end', async (t) => {
@@ -829,11 +860,39 @@ t.test('a client that reads none of its response for the send timeout is cut, an
   stalled.on('error', () => {})
   t.teardown(() => stalled.destroy())
   const started = performance.now()
-  t.match(await gw.outcomes.next(10_000), { ok: false, code: 'client_aborted', responseStarted: true, detail: 'client read none of the response for 300 ms' })
+  t.match(await gw.outcomes.next(10_000), { ok: false, code: 'client_aborted', responseStarted: true, detail: 'no byte of the response could be sent to the client for 300 ms' })
   await upstreamGone.promise
   t.pass(`cut after ${Math.round(performance.now() - started)} ms; the upstream request was dropped`)
   await new Promise<void>((resolve) => (stalled.destroyed ? resolve() : stalled.once('close', () => resolve()).resume()))
   t.ok(stalled.destroyed, "the client's connection was closed")
+
+  // A client that reads steadily (64 KiB every 50 ms) is not cut: each byte the kernel takes
+  // re-arms the timer. The exact input of a finding: 'drain' alone came too late, and the client
+  // was cut after about 1.5 s, audited as having read nothing.
+  {
+    const size = 64 * 1024 * 1024
+    const steady = await startUpstream(t, (_req, res) => {
+      res.writeHead(200, { 'content-length': String(size) })
+      Readable.from((function* () {
+        for (let i = 0; i < size / 65536; i++) yield Buffer.alloc(65536, 0x73)
+      })()).pipe(res).on('error', () => {})
+    })
+    const gw3 = await startGateway(t, steady.origin, { forwarder: createForwarder({ sendTimeoutMs: 1_000 }) })
+    const u3 = new URL(gw3.origin)
+    const reader = netConnect(Number(u3.port), u3.hostname, () => reader.write('GET /steady HTTP/1.1\r\nHost: a\r\n\r\n'))
+    reader.pause()
+    reader.on('error', () => {})
+    let total = 0
+    const tick = setInterval(() => {
+      const chunk = (reader.read(65536) ?? reader.read()) as Buffer | null
+      if (chunk !== null) total += chunk.length
+    }, 50)
+    await new Promise((r) => setTimeout(r, 3_000))
+    clearInterval(tick)
+    await t.rejects(gw3.outcomes.next(1), /nothing arrived/, `still streaming after 3 s (the reader took ${total} bytes)`)
+    reader.destroy()
+    t.match(await gw3.outcomes.next(), { ok: false, code: 'client_aborted', detail: 'client closed the connection' })
+  }
 
   // A client that pauses for less than the timeout, again and again, gets its whole response.
   upstreamGone = signal()

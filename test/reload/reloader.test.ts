@@ -71,6 +71,34 @@ t.test('one reload at a time: asks during a reload share one more, which reports
   t.equal((await closing).result, 'unchanged', 'close waits for the reload in progress to be reported')
 })
 
+t.test('asking again in reaction to a finished reload never runs two loads at once', async (t) => {
+  // The exact sequence of a finding: a reload, a reaction to its result that reloads again, and a
+  // file change queued meanwhile. Two loads ran side by side and the older one could win.
+  let active = 0
+  let most = 0
+  let n = 0
+  const r = createPolicyReloader({
+    initial: policy('a'),
+    load: async () => {
+      active++
+      most = Math.max(most, active)
+      const mine = ++n
+      await new Promise((resolve) => setTimeout(resolve, 30))
+      active--
+      return policy(`p${mine}`)
+    },
+    onReload: () => {},
+  })
+  const first = r.reload('signal')
+  const again = first.then(() => r.reload('signal'))
+  const queued = r.reload('file')
+  await Promise.all([first, again, queued])
+  t.equal(most, 1, 'one load at a time')
+  t.equal(n, 2, 'the reaction joined the reload queued meanwhile')
+  t.same([...r.current().resources.keys()], ['p2'], 'the last load is the one in force')
+  await r.close()
+})
+
 t.test('a reload parses off the event loop: requests keep being served meanwhile', async (t) => {
   // Large enough that parsing takes a while on any machine (about 3,000 resources in 4 files).
   const dir = mkdtempSync(join(tmpdir(), 'jitgate-reload-'))
