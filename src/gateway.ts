@@ -155,13 +155,6 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
   const workflow = startWorkflow({ config, grantStore: store, grants, policy: getPolicy, tokens: () => issuer, audit, metrics, log })
   const expiries = startExpirySweep(grants, config.store.expirySweepMs, rateLimited((err: Error) => log.warn({ err: err.message }, 'grant expiry sweep failed'), 5000))
 
-  // Revocations from any replica close this replica's open WebSockets of that grant; extensions
-  // move their cut-off.
-  const unsubscribe = store.subscribe((event) => {
-    if (event.type === 'revoked') connections.closeGrant(event.revocation.id, 'grant_revoked', 'grant revoked')
-    else if (event.type === 'extended') connections.extendGrant(event.grant.id, event.grant.expiresAt)
-  })
-
   let draining = false
   const dataPlane = createDataPlane({
     decider,
@@ -173,6 +166,17 @@ export async function startGateway(opts: GatewayOptions): Promise<RunningGateway
     upstreamTimeoutMs: config.dataPlane.upstreamTimeoutMs,
     maxInflightPerGrant: config.dataPlane.maxInflightPerGrant,
     publicProto: config.dataPlane.publicProto,
+  })
+  // Revocations from any replica close this replica's open WebSockets of that grant and cut its
+  // requests in flight; extensions move their cut-off.
+  const unsubscribe = store.subscribe((event) => {
+    if (event.type === 'revoked') {
+      connections.closeGrant(event.revocation.id, 'grant_revoked', 'grant revoked')
+      dataPlane.cutGrant(event.revocation.id, 'grant_revoked', 'grant revoked while the request was in flight')
+    } else if (event.type === 'extended') {
+      connections.extendGrant(event.grant.id, event.grant.expiresAt)
+      dataPlane.extendGrant(event.grant.id, event.grant.expiresAt)
+    }
   })
   const control = createControlPlane({
     store,

@@ -11,7 +11,7 @@ import type { Logger } from 'pino'
 import type { Decider, Decision, Deny } from '../decision/decide.js'
 import type { DenyCode } from '../decision/codes.js'
 import { DENY_CODES } from '../decision/codes.js'
-import type { Forwarder, ForwardTarget } from '../forward/forwarder.js'
+import type { ForwardControl, Forwarder, ForwardTarget } from '../forward/forwarder.js'
 import { buildUpstreamHeaders } from '../forward/headers.js'
 import { upstreamPath } from '../policy/policy.js'
 import { bounded, type AuditLog } from '../audit/audit-log.js'
@@ -31,10 +31,35 @@ export interface DataPlaneDeps {
   /** Requests one grant may have in flight at once; 0 = no limit. */
   readonly maxInflightPerGrant: number
   readonly publicProto: 'http' | 'https'
+  /** The clock grants' expiries are read against; default Date.now. */
+  readonly now?: () => number
 }
+
+/** One forwarded request in flight: how to end it early, and why it was (see cutGrant). */
+interface InFlightCall {
+  control: ForwardControl | undefined
+  cut: { readonly code: DenyCode; readonly detail: string } | undefined
+}
+
+interface GrantFlight {
+  expiresAt: number
+  readonly calls: Set<InFlightCall>
+}
+
+/** How often requests in flight are held against their grants' expiry. */
+const CUT_SWEEP_MS = 1000
 
 export interface DataPlane {
   readonly server: Server
+  /**
+   * Cuts the requests of a grant that are in flight (its revocation, from any replica): each is
+   * answered with `code` if its response has not started, else its connection is cut, and its
+   * upstream request is dropped; their `access.allowed` events carry `code` and `detail`.
+   * Resolves nothing; returns how many were cut.
+   */
+  cutGrant(grantId: string, code: DenyCode, detail: string): number
+  /** The grant's expiry moved (an extension): requests in flight live until then. */
+  extendGrant(grantId: string, expiresAt: number): void
   /** Requests and WebSocket connections being handled right now (until their audit event is written). */
   inflight(): number
   /**
@@ -65,9 +90,35 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   }
 
   // Forwarded requests in flight per grant: one vendor's stalled calls must not hold every
-  // upstream connection of a resource (the pool has a fixed number per origin).
-  const inflightByGrant = new Map<string, number>()
+  // upstream connection of a resource (the pool has a fixed number per origin), and none outlives
+  // its grant: a revocation (cutGrant) or the grant's end (the sweep below) cuts them.
+  const inFlight = new Map<string, GrantFlight>()
   const maxInflight = deps.maxInflightPerGrant
+  const now = deps.now ?? Date.now
+
+  function cutGrant(grantId: string, code: DenyCode, detail: string): number {
+    const flight = inFlight.get(grantId)
+    if (flight === undefined) return 0
+    let n = 0
+    for (const call of flight.calls) {
+      if (call.cut !== undefined) continue
+      call.cut = { code, detail }
+      call.control?.cancel(detail)
+      n++
+    }
+    return n
+  }
+
+  // Once a second: requests whose grant has ended since they were let through (a long download, a
+  // slow upload) are cut, as open WebSockets are.
+  const sweep = setInterval(() => {
+    if (inFlight.size === 0) return
+    const t = now()
+    for (const [grantId, flight] of inFlight) {
+      if (flight.expiresAt <= t) cutGrant(grantId, 'grant_not_found', 'grant expired while the request was in flight')
+    }
+  }, CUT_SWEEP_MS)
+  sweep.unref()
 
   // Connections the gateway cut because of a later request on them: the earlier request's event
   // then says so, rather than blaming the client for leaving.
@@ -157,7 +208,8 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       return
     }
     const grantId = d.grant.id
-    const inflight = inflightByGrant.get(grantId) ?? 0
+    let flight = inFlight.get(grantId)
+    const inflight = flight?.calls.size ?? 0
     if (maxInflight > 0 && inflight >= maxInflight) {
       const busy: Deny = { allow: false, code: 'too_many_requests', detail: `${inflight} requests of this grant in flight`, resource: d.resource, subject: d.grant.subject, grantId, path: d.path, ...(d.auditPath !== undefined ? { auditPath: d.auditPath } : {}) }
       if (!res.headersSent && !res.destroyed) writeDeny(res, busy.code, requestId)
@@ -168,14 +220,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
     if (expectContinue) res.writeContinue()
-    inflightByGrant.set(grantId, inflight + 1)
+    // Each request has read the grant afresh: its expiry is the latest (an extension moves it).
+    if (flight === undefined) inFlight.set(grantId, (flight = { expiresAt: d.grant.expiresAt, calls: new Set() }))
+    else flight.expiresAt = d.grant.expiresAt
+    const call: InFlightCall = { control: undefined, cut: undefined }
+    flight.calls.add(call)
     let outcome
     try {
-      outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false))
+      outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false), call)
     } finally {
-      const left = (inflightByGrant.get(grantId) ?? 1) - 1
-      if (left === 0) inflightByGrant.delete(grantId)
-      else inflightByGrant.set(grantId, left)
+      flight.calls.delete(call)
+      if (flight.calls.size === 0 && inFlight.get(grantId) === flight) inFlight.delete(grantId)
     }
     metrics.upstreamSeconds.observe(d.resource.id, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
@@ -184,10 +239,16 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (outcome.ok) {
       status = outcome.status
     } else {
-      code = outcome.code
-      status = DENY_CODES[outcome.code].status
+      const failed: DenyCode = outcome.code === 'cancelled' ? (call.cut?.code ?? 'internal_error') : outcome.code
+      code = failed
+      status = DENY_CODES[failed].status
       detail = code === 'client_aborted' && cutByGateway.has(connection) ? CUT_BY_GATEWAY : outcome.detail
-      if (!outcome.responseStarted && !res.headersSent && !res.destroyed) writeDeny(res, outcome.code, requestId)
+      if (!outcome.responseStarted && !res.headersSent && !res.destroyed) {
+        // The rest of a body still on its way would only be read to be thrown away: the
+        // connection ends with this answer.
+        if (!req.complete) res.shouldKeepAlive = false
+        writeDeny(res, failed, requestId)
+      }
     }
     countRequest(d.resource.id, 'allow', code)
     audit.emit('access.allowed', {
@@ -360,8 +421,14 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     else writeDenyToSocket(socket, d.code, requestId)
     recordDeny(req, clientAddress(req), d, requestId, performance.now(), 'http')
   })
+  server.on('close', () => clearInterval(sweep))
   return {
     server,
+    cutGrant,
+    extendGrant(grantId, expiresAt) {
+      const flight = inFlight.get(grantId)
+      if (flight !== undefined && expiresAt > flight.expiresAt) flight.expiresAt = expiresAt
+    },
     inflight: () => running,
     async settled(timeoutMs) {
       if (running === 0) return 0

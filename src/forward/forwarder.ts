@@ -44,9 +44,10 @@ export interface ForwardTarget {
  */
 export type ForwardFailureCode = 'upstream_unavailable' | 'upstream_timeout' | 'client_aborted' | 'request_timeout'
 
-export interface ForwardFailure {
+/** `C`: an HTTP forward may also end `cancelled` (see {@link ForwardControl}); an upgrade may not. */
+export interface ForwardFailure<C extends string = ForwardFailureCode> {
   readonly ok: false
-  readonly code: ForwardFailureCode
+  readonly code: C
   /** Milliseconds from the call until the failure. */
   readonly upstreamMs: number
   /** For logs only (the upstream's error, status or the stage that failed); never sent to the client. */
@@ -68,7 +69,7 @@ export type ForwardOutcome =
       /** Milliseconds from the call until the upstream's response body ended. */
       readonly upstreamMs: number
     }
-  | ForwardFailure
+  | ForwardFailure<ForwardFailureCode | 'cancelled'>
 
 /** An open WebSocket tunnel. */
 export interface UpgradeHandle {
@@ -83,15 +84,25 @@ export interface UpgradeHandle {
   readonly closed: Promise<void>
 }
 
+/** A forward in progress, for its caller to end early. */
+export interface ForwardControl {
+  /**
+   * Ends it on the caller's behalf (the grant behind it ended): the upstream request is dropped and
+   * the forward settles as `cancelled` with `detail`. A response not started yet is left to the
+   * caller, as for any failure; one started is cut.
+   */
+  cancel(detail: string): void
+}
+
 export type UpgradeOutcome = { readonly ok: true; readonly handle: UpgradeHandle; readonly status: 101 } | ForwardFailure
 
 export interface Forwarder {
   /**
    * Forwards one HTTP request: streams the body up and the response (status, end-to-end headers,
    * body) back; no redirect is followed. Resolves when the response has been written or forwarding
-   * has failed; never rejects.
+   * has failed; never rejects. `holder.control` is set, as the forward starts, to what ends it early.
    */
-  forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget): Promise<ForwardOutcome>
+  forward(req: IncomingMessage, res: ServerResponse, target: ForwardTarget, holder?: { control: ForwardControl | undefined }): Promise<ForwardOutcome>
   /**
    * Forwards a WebSocket handshake (GET with `Upgrade: websocket` in `target.headers`) and, once
    * the upstream answers 101, tunnels the connection. On failure nothing has been written to
@@ -283,7 +294,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
   }
 
   return {
-    forward(req, res, target) {
+    forward(req, res, target, holder) {
       const started = performance.now()
       if (closed) return Promise.resolve(failure('upstream_unavailable', started, 'forwarder closed', false))
       // The client left while the request was being decided: its 'close' has been emitted already,
@@ -298,6 +309,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
       return new Promise((resolve) => {
         const body = hasRequestBody(req)
         const exchange = new HttpExchange(req, res, body, target.timeoutMs, sendTimeoutMs, started, resolve)
+        if (holder !== undefined) holder.control = exchange
         pool.dispatch(
           {
             path: target.path,
@@ -338,7 +350,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
   }
 }
 
-function failure(code: ForwardFailureCode, started: number, detail: string, responseStarted: boolean): ForwardFailure {
+function failure<C extends ForwardFailureCode | 'cancelled'>(code: C, started: number, detail: string, responseStarted: boolean): ForwardFailure<C> {
   return { ok: false, code, upstreamMs: performance.now() - started, detail, responseStarted }
 }
 
@@ -370,7 +382,7 @@ function hasRequestBody(req: IncomingMessage): boolean {
  * One HTTP request in flight: the undici handler that streams the response into `res`, with the
  * header-timeout timer and the client-abort watch. Settles exactly once.
  */
-class HttpExchange implements Dispatcher.DispatchHandler {
+class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
   private controller: Dispatcher.DispatchController | undefined
   private readonly timer: NodeJS.Timeout
   /** Runs while the upstream is paused for a client that has not read what was sent. */
@@ -508,6 +520,12 @@ class HttpExchange implements Dispatcher.DispatchHandler {
     this.abandon('upstream_timeout', 'no response headers in time')
   }
 
+  cancel(detail: string): void {
+    if (this.settled) return
+    this.abandon('cancelled', detail)
+    if (this.res.headersSent) this.res.destroy()
+  }
+
   /** The whole body is sent: the upstream's budget for its answer starts now. */
   private readonly onUploaded = (): void => {
     this.uploading = false
@@ -524,7 +542,7 @@ class HttpExchange implements Dispatcher.DispatchHandler {
    * `onResponseError` synchronously and may take the client connection down (see there), so the
    * outcome is settled here, after the abort.
    */
-  private abandon(code: ForwardFailureCode, detail: string): void {
+  private abandon(code: ForwardFailureCode | 'cancelled', detail: string): void {
     if (this.settled) return
     this.abandoned = true
     this.controller?.abort(new Error(detail))

@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { tempDir } from '../helpers/tmp.js'
 import WebSocket from 'ws'
 import { request } from 'undici'
+import { connect } from 'node:net'
 import { startRedis } from '../helpers/redis-server.js'
 import { startUpstream } from '../helpers/upstream.js'
 import { startGatewayProcess, type GatewayProcess } from '../helpers/process.js'
@@ -85,6 +86,25 @@ t.test('two gateway processes on one Redis', async (t) => {
     })
     t.equal(await revoke(a, grant.id), 204)
     t.same(await closed, [1008, 'grant revoked'])
+  })
+
+  await t.test('a request in flight on one replica is cut by a revocation through the other', async (t) => {
+    const grant = await issue(a, { subject: 'acme', resource: 'api', scopes: ['PUT /api/**'], ttl: '10m' })
+    // An upload that is still coming: the upstream waits for its end, so it stays in flight on B.
+    const u = new URL(b.dataUrl)
+    let text = ''
+    const socket = connect(Number(u.port), u.hostname, () => socket.write(`PUT /api/upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nContent-Length: 1000\r\n\r\npart`))
+    socket.setEncoding('latin1')
+    socket.on('data', (d: string) => (text += d))
+    socket.on('error', () => {})
+    t.teardown(() => socket.destroy())
+    const ended = new Promise<void>((resolve) => socket.on('close', () => resolve()))
+    await sleep(300)
+    t.equal(await revoke(a, grant.id), 204)
+    await ended
+    t.match(text, /^HTTP\/1\.1 403 [^]*"code":"grant_revoked"/, 'answered grant_revoked by the other replica')
+    await sleep(100)
+    t.match(auditOf(b).find((e) => e.event === 'access.allowed' && e.grant_id === grant.id), { code: 'grant_revoked', detail: 'grant revoked while the request was in flight' })
   })
 
   await t.test('Redis frozen (SIGSTOP): fail closed fast, nothing forwarded; recovers when it resumes', async (t) => {
