@@ -18,6 +18,7 @@ import { bounded, type AuditLog } from '../audit/audit-log.js'
 import type { GatewayMetrics } from '../metrics/metrics.js'
 import { writeDeny, writeDenyToSocket } from './respond.js'
 import type { ConnectionRegistry } from './connections.js'
+import type { Grant } from '../grants/types.js'
 import { clientAddress, pathOfTarget } from '../util/request.js'
 
 export interface DataPlaneDeps {
@@ -35,8 +36,11 @@ export interface DataPlaneDeps {
   readonly now?: () => number
 }
 
-/** One forwarded request in flight: how to end it early, and why it was (see cutGrant). */
+/** One forwarded request in flight: what it is (for the policy recheck), how to end it early, and why it was. */
 interface InFlightCall {
+  readonly grant: Grant
+  readonly method: string
+  readonly path: string
   control: ForwardControl | undefined
   cut: { readonly code: DenyCode; readonly detail: string } | undefined
 }
@@ -46,7 +50,7 @@ interface GrantFlight {
   readonly calls: Set<InFlightCall>
 }
 
-/** How often requests in flight are held against their grants' expiry. */
+/** How often requests in flight are held against their grants' expiry and the policy in force. */
 const CUT_SWEEP_MS = 1000
 
 export interface DataPlane {
@@ -96,26 +100,38 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const maxInflight = deps.maxInflightPerGrant
   const now = deps.now ?? Date.now
 
+  function cutCall(call: InFlightCall, code: DenyCode, detail: string): boolean {
+    if (call.cut !== undefined) return false
+    call.cut = { code, detail }
+    call.control?.cancel(detail)
+    return true
+  }
+
   function cutGrant(grantId: string, code: DenyCode, detail: string): number {
     const flight = inFlight.get(grantId)
     if (flight === undefined) return 0
     let n = 0
-    for (const call of flight.calls) {
-      if (call.cut !== undefined) continue
-      call.cut = { code, detail }
-      call.control?.cancel(detail)
-      n++
-    }
+    for (const call of flight.calls) if (cutCall(call, code, detail)) n++
     return n
   }
 
   // Once a second: requests whose grant has ended since they were let through (a long download, a
-  // slow upload) are cut, as open WebSockets are.
+  // slow upload) are cut, and so are those the policy in force no longer allows (a window enforced
+  // at use that closed, a contract that ended, an entitlement a reload removed), as open
+  // WebSockets are.
   const sweep = setInterval(() => {
     if (inFlight.size === 0) return
     const t = now()
     for (const [grantId, flight] of inFlight) {
-      if (flight.expiresAt <= t) cutGrant(grantId, 'grant_not_found', 'grant expired while the request was in flight')
+      if (flight.expiresAt <= t) {
+        cutGrant(grantId, 'grant_not_found', 'grant expired while the request was in flight')
+        continue
+      }
+      for (const call of flight.calls) {
+        if (call.cut !== undefined) continue
+        const denied = decider.stillEntitled(call.grant, call.method, call.path)
+        if (denied !== undefined) cutCall(call, denied.code, `no longer allowed while the request was in flight: ${denied.detail}`)
+      }
     }
   }, CUT_SWEEP_MS)
   sweep.unref()
@@ -223,7 +239,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // Each request has read the grant afresh: its expiry is the latest (an extension moves it).
     if (flight === undefined) inFlight.set(grantId, (flight = { expiresAt: d.grant.expiresAt, calls: new Set() }))
     else flight.expiresAt = d.grant.expiresAt
-    const call: InFlightCall = { control: undefined, cut: undefined }
+    const call: InFlightCall = { grant: d.grant, method: req.method ?? 'GET', path: d.path, control: undefined, cut: undefined }
     flight.calls.add(call)
     let outcome
     try {

@@ -125,7 +125,8 @@ t.test('verifyCached answers only for a token verified before, exactly as verify
   t.ok(first.ok)
   t.same(verifier.verifyCached(token, 'crm-api'), first, 'the same verdict, without waiting')
   t.match(verifier.verifyCached(token, 'billing'), { ok: false, code: 'token_invalid', who: { sub: 'acme' } }, 'other audience')
-  t.equal(verifier.verifyCached(`${token.slice(0, -2)}AA`, 'crm-api'), undefined, 'another spelling is another token')
+  // (Another spelling for sure: an Ed25519 signature ends in "AA" once in 256 tokens.)
+  t.equal(verifier.verifyCached(`${token.slice(0, -2)}${token.endsWith('AA') ? 'QA' : 'AA'}`, 'crm-api'), undefined, 'another spelling is another token')
   now += 11_000
   t.match(verifier.verifyCached(token, 'crm-api'), { code: 'token_expired' }, 'past exp')
   t.equal(verifier.verifyCached(token, 'crm-api'), undefined, 'an expired token leaves the cache')

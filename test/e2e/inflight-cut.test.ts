@@ -1,11 +1,14 @@
 /**
  * No request outlives its grant: a long download or a slow upload that was let through is cut
- * when the grant is revoked or ends, as an open WebSocket is closed. Real gateway, real upstream,
+ * when the grant is revoked or ends, or the policy in force no longer allows it, as an open
+ * WebSocket is closed. Real gateway, real upstream,
  * real clients.
  */
 import t, { type Test } from 'tap'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js'
 
 const POLICY = `
@@ -118,4 +121,27 @@ t.test('a download in flight is cut once its grant expires', async (t) => {
   t.ok(lasted >= 1_500 && lasted < 6_000, `cut ${lasted} ms after it started, once the 2 s grant ended`)
   const ev = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/exports/stream', 3000)
   t.match(ev, { grant_id: grant.id, code: 'grant_not_found', status: 403, detail: 'grant expired while the request was in flight' })
+})
+
+t.test('a download in flight is cut once the policy in force no longer allows it (a reload removed the entitlement)', async (t) => {
+  const upstream = await startStreamingUpstream(t)
+  const bound = (entitled: boolean) =>
+    [
+      POLICY.trim(),
+      'approver_groups: [{ id: owners, members: [alice] }]',
+      'approval_policies: [{ id: one, stages: [{ group: owners, approvals: 1 }], request_ttl: 1d }]',
+      'subprocessors:',
+      `  - { id: acme, name: ACME, contract_ends: "2099-12-31"${entitled ? ', entitlements: [{ resource: exports, approval: one, max_duration: 1h, scopes: ["GET /exports/**"] }]' : ''} }`,
+      '',
+    ].join('\n')
+  const g = await startTestGateway(t, { policy: bound(true), upstream: upstream.url, config: 'policy: { watch: false }\n' })
+  const grant = await g.issue({ subject: 'acme', resource: 'exports', scopes: ['GET /exports/**'], ttl: '10m' })
+  const download = rawClient(g, `GET /exports/stream HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\n\r\n`)
+  for (let i = 0; i < 100 && download.received() < 2048; i++) await new Promise((r) => setTimeout(r, 20))
+  writeFileSync(join(g.policyDir, 'test.yaml'), bound(false).replaceAll('UPSTREAM', upstream.url))
+  t.equal((await g.gw.reloadPolicy()).result, 'loaded')
+  const text = await download.text
+  t.match(text, /^HTTP\/1\.1 200 /, 'it had started')
+  const ev = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/exports/stream', 3000)
+  t.match(ev, { grant_id: grant.id, code: 'grant_not_entitled', status: 403, detail: /^no longer allowed while the request was in flight: / })
 })
