@@ -11,7 +11,7 @@ import type { Logger } from 'pino'
 import type { Decider, Decision, Deny } from '../decision/decide.js'
 import type { DenyCode } from '../decision/codes.js'
 import { DENY_CODES } from '../decision/codes.js'
-import type { ForwardControl, Forwarder, ForwardTarget } from '../forward/forwarder.js'
+import type { ForwardControl, Forwarder, ForwardOutcome, ForwardTarget } from '../forward/forwarder.js'
 import { buildUpstreamHeaders } from '../forward/headers.js'
 import { upstreamPath } from '../policy/policy.js'
 import { bounded, type AuditLog } from '../audit/audit-log.js'
@@ -41,6 +41,7 @@ interface InFlightCall {
   readonly grant: Grant
   readonly method: string
   readonly path: string
+  readonly res: ServerResponse
   control: ForwardControl | undefined
   cut: { readonly code: DenyCode; readonly detail: string } | undefined
 }
@@ -103,6 +104,9 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   function cutCall(call: InFlightCall, code: DenyCode, detail: string): boolean {
     if (call.cut !== undefined) return false
     call.cut = { code, detail }
+    // A response under way is cut with its connection: requests pipelined behind it on that
+    // connection end with it, and their events say who ended it.
+    if (call.res.headersSent) cutByGateway.add(call.res.socket ?? call.res.req.socket)
     call.control?.cancel(detail)
     return true
   }
@@ -236,17 +240,26 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     // The client learns the request id on allowed responses too, to quote it to the operator.
     res.setHeader('x-request-id', requestId)
     if (expectContinue) res.writeContinue()
-    // Each request has read the grant afresh: its expiry is the latest (an extension moves it).
-    if (flight === undefined) inFlight.set(grantId, (flight = { expiresAt: d.grant.expiresAt, calls: new Set() }))
-    else flight.expiresAt = d.grant.expiresAt
-    const call: InFlightCall = { grant: d.grant, method: req.method ?? 'GET', path: d.path, control: undefined, cut: undefined }
-    flight.calls.add(call)
-    let outcome
-    try {
-      outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false), call)
-    } finally {
-      flight.calls.delete(call)
-      if (flight.calls.size === 0 && inFlight.get(grantId) === flight) inFlight.delete(grantId)
+    let outcome: ForwardOutcome
+    let cutCode: DenyCode | undefined
+    if (closingBefore(connection, res)) {
+      // Pipelined behind a response that ends the connection (a refusal of an `Expect:
+      // 100-continue` request, one answered while its body was still coming): this answer could
+      // never be sent, so nothing is forwarded for it.
+      outcome = { ok: false, code: 'client_aborted', upstreamMs: 0, detail: CLOSING, responseStarted: true }
+    } else {
+      // Each request has read the grant afresh: its expiry is the latest (an extension moves it).
+      if (flight === undefined) inFlight.set(grantId, (flight = { expiresAt: d.grant.expiresAt, calls: new Set() }))
+      else flight.expiresAt = d.grant.expiresAt
+      const call: InFlightCall = { grant: d.grant, method: req.method ?? 'GET', path: d.path, res, control: undefined, cut: undefined }
+      flight.calls.add(call)
+      try {
+        outcome = await forwarder.forward(req, res, targetFor(req, clientIp, d, requestId, false), call)
+      } finally {
+        flight.calls.delete(call)
+        if (flight.calls.size === 0 && inFlight.get(grantId) === flight) inFlight.delete(grantId)
+      }
+      cutCode = call.cut?.code
     }
     metrics.upstreamSeconds.observe(d.resource.id, outcome.upstreamMs / 1000)
     let code: DenyCode | 'ok' = 'ok'
@@ -255,14 +268,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (outcome.ok) {
       status = outcome.status
     } else {
-      const failed: DenyCode = outcome.code === 'cancelled' ? (call.cut?.code ?? 'internal_error') : outcome.code
+      const failed: DenyCode = outcome.code === 'cancelled' ? (cutCode ?? 'internal_error') : outcome.code
       code = failed
       status = DENY_CODES[failed].status
       detail = code === 'client_aborted' && cutByGateway.has(connection) ? CUT_BY_GATEWAY : outcome.detail
       if (!outcome.responseStarted && !res.headersSent && !res.destroyed) {
         // The rest of a body still on its way would only be read to be thrown away: the
         // connection ends with this answer.
-        if (!req.complete) res.shouldKeepAlive = false
+        if (!req.complete) {
+          res.shouldKeepAlive = false
+          cutByGateway.add(connection)
+        }
         writeDeny(res, failed, requestId)
       }
     }
@@ -463,11 +479,21 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
 }
 
 const PIPELINED = 'pipelined behind a request still being answered: connection cut'
-const CUT_BY_GATEWAY = 'connection cut by the gateway: a later request on it was refused'
+const CUT_BY_GATEWAY = 'connection cut by the gateway: another request on it was refused or cut'
+const CLOSING = 'pipelined behind a response that closes the connection: not forwarded'
 
 /** A response to an earlier request on this connection is still being written. */
 function responsePending(socket: Duplex): boolean {
   return (socket as Duplex & { _httpMessage?: unknown })._httpMessage != null
+}
+
+/**
+ * `res` waits behind another request's response on its connection, and that one closes the
+ * connection: `res` would never be sent. (A connection already gone is the forwarder's to see.)
+ */
+function closingBefore(socket: Socket, res: ServerResponse): boolean {
+  const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  return current != null && current !== res && !current.shouldKeepAlive
 }
 
 const NO_REQUEST_LINE = Object.freeze({ method: '', path: '' })

@@ -299,7 +299,7 @@ export function createForwarder(opts: ForwarderOptions = {}): Forwarder {
       if (closed) return Promise.resolve(failure('upstream_unavailable', started, 'forwarder closed', false))
       // The client left while the request was being decided: its 'close' has been emitted already,
       // and nobody would read the upstream's answer.
-      if (res.destroyed) return Promise.resolve(failure('client_aborted', started, CLIENT_GONE, true))
+      if (res.destroyed || req.socket.destroyed) return Promise.resolve(failure('client_aborted', started, CLIENT_GONE, true))
       let pool: Pool
       try {
         pool = poolFor(target.origin)
@@ -396,6 +396,8 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
   private readonly clientSocket: Socket
   /** The request body is still coming in (see {@link onTimeout}). */
   private uploading: boolean
+  /** Its response waits behind another on the connection (see the constructor). */
+  private readonly queued: boolean
   /** The client connection's `bytesRead` when the timer was last armed during the upload. */
   private readMark = 0
 
@@ -411,6 +413,10 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
     this.clientSocket = req.socket
     this.timer = setTimeout(this.onTimeout, timeoutMs)
     res.once('close', this.onClientClose)
+    // A response queued behind another on its connection (pipelining) has no socket yet, and
+    // never hears of that socket closing: it listens to the socket itself.
+    this.queued = res.socket == null
+    if (this.queued) this.clientSocket.once('close', this.onClientClose)
     // Watching the upload never reads the body ('end' and the socket's byte count only): undici
     // is its one reader, and a 'data' listener would take chunks from it.
     this.uploading = hasBody && !req.complete
@@ -588,6 +594,7 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
     clearTimeout(this.timer)
     clearTimeout(this.sendTimer)
     this.res.off('close', this.onClientClose)
+    if (this.queued) this.clientSocket.off('close', this.onClientClose)
     if (this.uploading) this.req.off('end', this.onUploaded)
     this.resolve(outcome)
   }

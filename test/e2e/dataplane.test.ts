@@ -216,6 +216,16 @@ t.test('Expect: 100-continue: the client is told to send its body only once the 
   t.match(allowed.all, /\r\n\r\nHTTP\/1\.1 200 /, 'then the final answer')
   t.equal(upstream.received.find((r) => r.url === '/crm/tickets/wait')?.body, 'hello world', 'the upstream got the body')
 
+  // The exact input of a finding: a request pipelined behind a refused one (the refusal closes the
+  // connection, since the body it said was coming is not read) was forwarded and audited as a 200
+  // the client never got.
+  const pipelined = await exchange(`POST /crm/tickets/refused HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\nPOST /crm/tickets/behind HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nContent-Length: 0\r\n\r\n`, 'never sent')
+  t.match(pipelined.first, /^HTTP\/1\.1 401 /, 'the refusal')
+  t.ok(pipelined.closedByGateway, 'the connection ends with it')
+  const behind = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/crm/tickets/behind', 3000)
+  t.match(behind, { status: 499, code: 'client_aborted', detail: 'pipelined behind a response that closes the connection: not forwarded' })
+  t.notOk(upstream.received.some((r) => r.url === '/crm/tickets/behind'), 'the request pipelined behind it is not forwarded')
+
   for (const [name, path, auth, status] of [
     ['no token', '/crm/tickets/no-token', '', 401],
     ['out of scope', '/crm/customers/1', `Authorization: Bearer ${grant.token}\r\n`, 403],

@@ -25,7 +25,7 @@ interface Upstream {
   closed(path: string): Promise<void>
 }
 
-/** `/exports/stream`: 1 KiB every 50 ms for a minute. `/exports/upload`: reads the body, answers at its end. */
+/** `/exports/stream`: 1 KiB every 50 ms for a minute. `/exports/slow`: answers after 3 s. `/exports/upload`: reads the body, answers at its end. */
 async function startStreamingUpstream(t: Test): Promise<Upstream> {
   const closes = new Map<string, Promise<void>>()
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
@@ -34,6 +34,11 @@ async function startStreamingUpstream(t: Test): Promise<Upstream> {
       res.writeHead(200, { 'content-type': 'application/octet-stream' })
       const timer = setInterval(() => res.write(Buffer.alloc(1024, 0x65)), 50)
       res.on('close', () => clearInterval(timer))
+      return
+    }
+    if (req.url === '/exports/slow') {
+      const timer = setTimeout(() => res.end('late'), 3_000)
+      res.on('close', () => clearTimeout(timer))
       return
     }
     req.resume()
@@ -144,4 +149,27 @@ t.test('a download in flight is cut once the policy in force no longer allows it
   t.match(text, /^HTTP\/1\.1 200 /, 'it had started')
   const ev = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/exports/stream', 3000)
   t.match(ev, { grant_id: grant.id, code: 'grant_not_entitled', status: 403, detail: /^no longer allowed while the request was in flight: / })
+})
+
+t.test("cutting a response under way ends the requests pipelined behind it, another grant's included, and says so", async (t) => {
+  const upstream = await startStreamingUpstream(t)
+  const g = await startTestGateway(t, { policy: POLICY, upstream: upstream.url })
+  const a = await g.issue({ resource: 'exports', scopes: ['GET /exports/**'], ttl: '10m' })
+  const b = await g.issue({ resource: 'exports', scopes: ['GET /exports/**'], ttl: '10m' })
+  // The exact input of a finding: B's request, queued behind A's download on one connection, kept
+  // its upstream request for its whole time once A's was cut, and was audited as a 200 the client
+  // never got.
+  const both = rawClient(
+    g,
+    `GET /exports/stream HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${a.token}\r\n\r\nGET /exports/slow HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${b.token}\r\n\r\n`,
+  )
+  for (let i = 0; i < 100 && both.received() < 4096; i++) await new Promise((r) => setTimeout(r, 20))
+  t.equal(await g.revoke(a.id, 'incident'), 204)
+  await both.text
+  const evA = await g.waitForEvent((e) => e.event === 'access.allowed' && e.grant_id === a.id, 3000)
+  t.match(evA, { code: 'grant_revoked', status: 403 })
+  const evB = await g.waitForEvent((e) => e.event === 'access.allowed' && e.grant_id === b.id, 3000)
+  t.match(evB, { code: 'client_aborted', detail: /connection cut by the gateway/ }, "B's event says the gateway ended it")
+  await upstream.closed('/exports/slow')
+  t.pass("B's upstream request was dropped with it")
 })
