@@ -402,6 +402,17 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const server = createServer({ requestTimeout: 0 }, (req, res) => void handleRequest(req, res, false))
   // With a listener here Node no longer answers `100 Continue` by itself (see onRequest).
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => void handleRequest(req, res, true))
+  // Any other expectation: refused (RFC 9110 §10.1.1: 417) like any other request, coded and
+  // audited, rather than by Node on its own; the body it holds back may follow, so the connection
+  // ends with the answer.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const started = performance.now()
+    const requestId = randomUUID()
+    const d: Deny = { allow: false, code: 'expectation_failed', detail: `Expect: ${bounded(req.headers.expect ?? '')}` }
+    res.shouldKeepAlive = false
+    writeDeny(res, d.code, requestId)
+    recordDeny(req, clientAddress(req), d, requestId, started, 'http')
+  })
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleUpgrade(req, socket, head))
   server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Duplex) => {
     // Malformed HTTP never reaches the pipeline: it is denied here, coded and audited like any

@@ -57,6 +57,7 @@ export const DENY_CODES = Object.freeze({
     message: 'The request line and headers exceed the size the gateway accepts.',
   },
   malformed_request: { status: 400, message: 'The request is not well-formed HTTP/1.1.' },
+  expectation_failed: { status: 417, message: 'The only expectation the gateway meets is Expect: 100-continue.' },
   too_many_requests: { status: 429, message: 'This grant has too many requests in flight; retry once some have finished.' },
   store_unavailable: {
     status: 503,

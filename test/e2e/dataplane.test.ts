@@ -236,6 +236,16 @@ t.test('Expect: 100-continue: the client is told to send its body only once the 
     t.ok(refused.closedByGateway, `${name}: the gateway closes the connection (the body could still come)`)
     t.notOk(upstream.received.some((r) => r.url === path), `${name}: nothing forwarded`)
   }
+
+  // Any other expectation is refused like any other request: coded, audited, nothing forwarded
+  // (Node answered 417 on its own, and nothing was audited).
+  const other = await exchange(`PUT /crm/tickets/odd HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nExpect: 200-ok\r\nContent-Length: 4\r\n\r\n`, 'body')
+  t.match(other.first, /^HTTP\/1\.1 417 /)
+  t.match(other.all, /"code":"expectation_failed"/)
+  t.ok(other.closedByGateway, 'the connection ends with the answer')
+  const ev = await g.waitForEvent((e) => e.event === 'access.denied' && e.code === 'expectation_failed', 3000)
+  t.match(ev, { status: 417, method: 'PUT', path: '/crm/tickets/odd', detail: 'Expect: 200-ok' })
+  t.notOk(upstream.received.some((r) => r.url === '/crm/tickets/odd'), 'nothing forwarded')
 })
 
 t.test('a copy of the JIT token in the query string is not forwarded', async (t) => {
