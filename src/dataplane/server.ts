@@ -433,6 +433,25 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
       // (client_aborted); this is no second request.
       return void socket.destroy()
     }
+    if (err.code === 'HPE_CLOSED_CONNECTION') {
+      // Bytes after a request that said `Connection: close` (a request pipelined behind it, say):
+      // RFC 9112 §9.6, they are not processed, and the connection closes once that request is
+      // answered. Cutting it now would lose that answer. Recorded, never answered.
+      const requestId = randomUUID()
+      countRequest('', 'deny', 'malformed_request')
+      audit.emit('access.denied', {
+        request_id: requestId,
+        method: '',
+        path: '',
+        status: DENY_CODES.malformed_request.status,
+        code: 'malformed_request',
+        detail: 'data after a request with Connection: close: ignored, the connection closes once that request is answered',
+        client_ip: conn.remoteAddress ?? '',
+        duration_ms: 0,
+        protocol: 'http',
+      })
+      return
+    }
     const requestId = randomUUID()
     const code: DenyCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'request_header_too_large' : 'malformed_request'
     if (untouched) writeDenyToSocket(socket, code, requestId)

@@ -413,6 +413,18 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
   const cut = await g.waitForEvent((e) => e.event === 'access.denied' && e.code === 'malformed_request' && /connection cut/.test(String(e.detail)))
   t.match(cut, { method: '', path: '' }, 'the refusal is not pinned on the earlier request')
 
+  // The exact input of a finding: a request pipelined behind one that said `Connection: close`.
+  // The connection was cut at once, and the first request's answer lost. RFC 9112 §9.6: the one
+  // after is not processed; the first is answered, then the connection closes.
+  const afterClose = await rawExchange(
+    g.dataUrl,
+    `GET /crm/customers/closing HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nConnection: close\r\n\r\nGET /crm/customers/ignored HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\n\r\n`,
+  )
+  t.match(afterClose, /^HTTP\/1\.1 200 [^]*\/crm\/customers\/closing/, 'the request that said close is answered')
+  t.equal(afterClose.match(/HTTP\/1\.1 /g)?.length, 1, 'and only it')
+  t.notOk(upstream.received.some((r) => r.url === '/crm/customers/ignored'), 'the one after it is not forwarded')
+  t.match(await g.waitForEvent((e) => e.event === 'access.denied' && /Connection: close/.test(String(e.detail))), { code: 'malformed_request', path: '' }, 'and is recorded as ignored')
+
   // A chunked body answered early, then bad chunk bytes: no second, unsolicited response.
   const early = await exchangeInSteps(g.dataUrl, [
     `POST /crm/tickets/early HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`,
@@ -459,7 +471,7 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
   t.equal(g.audit.filter((e) => e.path === '/crm/tickets/big').length, 1, 'one event for the refused upload')
   const metrics = (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
-  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 8/)
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 9/)
 })
 
 t.test('CONNECT and a second Host header are refused, coded and audited, nothing forwarded', async (t) => {
