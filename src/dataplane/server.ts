@@ -60,7 +60,7 @@ export interface DataPlane {
    * Cuts the requests of a grant that are in flight (its revocation, from any replica): each is
    * answered with `code` if its response has not started, else its connection is cut, and its
    * upstream request is dropped; their `access.allowed` events carry `code` and `detail`.
-   * Resolves nothing; returns how many were cut.
+   * Returns how many were cut.
    */
   cutGrant(grantId: string, code: DenyCode, detail: string): number
   /** The grant's expiry moved (an extension): requests in flight live until then. */
