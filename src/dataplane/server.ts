@@ -101,6 +101,15 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   const maxInflight = deps.maxInflightPerGrant
   const now = deps.now ?? Date.now
 
+  /**
+   * A refusal. One that ends its connection (Node ends it after refusing an `Expect: 100-continue`
+   * request, whose body may still come) marks it: requests pipelined behind it are not forwarded.
+   */
+  function refuse(res: ServerResponse, code: DenyCode, requestId: string): void {
+    writeDeny(res, code, requestId)
+    if (closesConnection(res)) closing.add(res.req.socket)
+  }
+
   function cutCall(call: InFlightCall, code: DenyCode, detail: string): boolean {
     if (call.cut !== undefined) return false
     call.cut = { code, detail }
@@ -139,6 +148,12 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     }
   }, CUT_SWEEP_MS)
   sweep.unref()
+
+  // Connections a refusal on them ends (after it is sent): requests pipelined behind it are not forwarded.
+  const closing = new WeakSet<Socket>()
+
+  // Connections whose bytes after a `Connection: close` request were recorded as ignored.
+  const ignoredAfterClose = new WeakSet<Socket>()
 
   // Connections the gateway cut because of a later request on them: the earlier request's event
   // then says so, rather than blaming the client for leaving.
@@ -223,7 +238,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const d = await decideSafely(req, false)
     observeDecision(d.allow ? 'allow' : 'deny', started)
     if (!d.allow) {
-      if (!res.headersSent && !res.destroyed) writeDeny(res, d.code, requestId)
+      if (!res.headersSent && !res.destroyed) refuse(res, d.code, requestId)
       recordDeny(req, clientIp, d, requestId, started, 'http')
       return
     }
@@ -232,7 +247,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const inflight = flight?.calls.size ?? 0
     if (maxInflight > 0 && inflight >= maxInflight) {
       const busy: Deny = { allow: false, code: 'too_many_requests', detail: `${inflight} requests of this grant in flight`, resource: d.resource, subject: d.grant.subject, grantId, path: d.path, ...(d.auditPath !== undefined ? { auditPath: d.auditPath } : {}) }
-      if (!res.headersSent && !res.destroyed) writeDeny(res, busy.code, requestId)
+      if (!res.headersSent && !res.destroyed) refuse(res, busy.code, requestId)
       recordDeny(req, clientIp, busy, requestId, started, 'http')
       return
     }
@@ -242,10 +257,10 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (expectContinue) res.writeContinue()
     let outcome: ForwardOutcome
     let cutCode: DenyCode | undefined
-    if (closingBefore(connection, res)) {
+    if (cutByGateway.has(connection) || closing.has(connection) || closingBefore(connection, res)) {
       // Pipelined behind a response that ends the connection (a refusal of an `Expect:
-      // 100-continue` request, one answered while its body was still coming): this answer could
-      // never be sent, so nothing is forwarded for it.
+      // 100-continue` request, one answered while its body was still coming, a cut): this answer
+      // could never be sent, so nothing is forwarded for it.
       outcome = { ok: false, code: 'client_aborted', upstreamMs: 0, detail: CLOSING, responseStarted: true }
     } else {
       // Each request has read the grant afresh: its expiry is the latest (an extension moves it).
@@ -277,7 +292,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         // connection ends with this answer.
         if (!req.complete) {
           res.shouldKeepAlive = false
-          cutByGateway.add(connection)
+          closing.add(connection)
         }
         writeDeny(res, failed, requestId)
       }
@@ -410,7 +425,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     const requestId = randomUUID()
     const d: Deny = { allow: false, code: 'expectation_failed', detail: `Expect: ${bounded(req.headers.expect ?? '')}` }
     res.shouldKeepAlive = false
-    writeDeny(res, d.code, requestId)
+    refuse(res, d.code, requestId)
     recordDeny(req, clientAddress(req), d, requestId, started, 'http')
   })
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleUpgrade(req, socket, head))
@@ -436,7 +451,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (err.code === 'HPE_CLOSED_CONNECTION') {
       // Bytes after a request that said `Connection: close` (a request pipelined behind it, say):
       // RFC 9112 §9.6, they are not processed, and the connection closes once that request is
-      // answered. Cutting it now would lose that answer. Recorded, never answered.
+      // answered. Cutting it now would lose that answer. Recorded once, never answered, and no
+      // more is read (Node would report each later packet again).
+      conn.pause()
+      if (ignoredAfterClose.has(conn)) return
+      ignoredAfterClose.add(conn)
       const requestId = randomUUID()
       countRequest('', 'deny', 'malformed_request')
       audit.emit('access.denied', {
@@ -523,7 +542,15 @@ function responsePending(socket: Duplex): boolean {
  */
 function closingBefore(socket: Socket, res: ServerResponse): boolean {
   const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-  return current != null && current !== res && !current.shouldKeepAlive
+  return current != null && current !== res && closesConnection(current)
+}
+
+/**
+ * Node ends the connection after `res`: keep-alive is off, or (Node's `_last`, set with the head)
+ * the response is delimited by the connection's end (an HTTP/1.0 response without a length).
+ */
+function closesConnection(res: ServerResponse): boolean {
+  return !res.shouldKeepAlive || (res as ServerResponse & { _last?: boolean })._last === true
 }
 
 const NO_REQUEST_LINE = Object.freeze({ method: '', path: '' })

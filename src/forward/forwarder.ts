@@ -139,6 +139,8 @@ const TUNNEL_CLOSE_GRACE_MS = 5_000
 
 /** The failure detail when the client went away first (no one is left to answer). */
 const CLIENT_GONE = 'client closed the connection'
+/** The failure detail when the connection ended before a response queued on it could be sent. */
+const NEVER_SENT = 'the connection ended before this pipelined response could be sent'
 
 /** Node's own request-target check (`INVALID_PATH_REGEX`): http-proxy's request line is not validated again. */
 const INVALID_PATH = /[^\u0021-\u00ff]/
@@ -398,6 +400,8 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
   private uploading: boolean
   /** Its response waits behind another on the connection (see the constructor). */
   private readonly queued: boolean
+  /** The upstream's answer, complete, while its response still waits behind another (see onResponseEnd). */
+  private unsent: ForwardOutcome | undefined
   /** The client connection's `bytesRead` when the timer was last armed during the upload. */
   private readMark = 0
 
@@ -490,7 +494,21 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
       return
     }
     this.res.end()
-    this.settle({ ok: true, status: this.status, upstreamMs: performance.now() - this.started })
+    const done: ForwardOutcome = { ok: true, status: this.status, upstreamMs: performance.now() - this.started }
+    if (this.res.socket == null && !this.res.writableFinished) {
+      // Still queued behind another response on its connection: it is sent only once that one is
+      // done, and only if the connection lasts (an HTTP/1.0 response without a length ends it, as
+      // do refusals). Settled when it is handed to the connection, or when the connection closes.
+      this.unsent = done
+      this.res.once('finish', this.onQueuedSent)
+      return
+    }
+    this.settle(done)
+  }
+
+  /** A response that waited behind another on its connection has been handed to it. */
+  private readonly onQueuedSent = (): void => {
+    if (this.unsent !== undefined) this.settle(this.unsent)
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
@@ -539,7 +557,7 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
   }
 
   private readonly onClientClose = (): void => {
-    this.abandon('client_aborted', CLIENT_GONE)
+    this.abandon('client_aborted', this.unsent !== undefined ? NEVER_SENT : CLIENT_GONE)
   }
 
   /**
@@ -594,6 +612,7 @@ class HttpExchange implements Dispatcher.DispatchHandler, ForwardControl {
     clearTimeout(this.timer)
     clearTimeout(this.sendTimer)
     this.res.off('close', this.onClientClose)
+    if (this.unsent !== undefined) this.res.off('finish', this.onQueuedSent)
     if (this.queued) this.clientSocket.off('close', this.onClientClose)
     if (this.uploading) this.req.off('end', this.onUploaded)
     this.resolve(outcome)

@@ -246,6 +246,14 @@ t.test('Expect: 100-continue: the client is told to send its body only once the 
   const ev = await g.waitForEvent((e) => e.event === 'access.denied' && e.code === 'expectation_failed', 3000)
   t.match(ev, { status: 417, method: 'PUT', path: '/crm/tickets/odd', detail: 'Expect: 200-ok' })
   t.notOk(upstream.received.some((r) => r.url === '/crm/tickets/odd'), 'nothing forwarded')
+
+  // The exact input of a finding: a request pipelined behind the 417 ran upstream (the 417 was
+  // done before its decision came back), audited as if the client had left.
+  const after417 = await exchange(`GET /crm/tickets/odd2 HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\nPOST /crm/tickets/after417 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${grant.token}\r\nContent-Length: 0\r\n\r\n`, '')
+  t.match(after417.first, /^HTTP\/1\.1 417 /)
+  const behind417 = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/crm/tickets/after417', 3000)
+  t.match(behind417, { code: 'client_aborted', detail: 'pipelined behind a response that closes the connection: not forwarded' })
+  t.notOk(upstream.received.some((r) => r.url === '/crm/tickets/after417'), 'the request behind the 417 is not forwarded')
 })
 
 t.test('a copy of the JIT token in the query string is not forwarded', async (t) => {
@@ -424,6 +432,18 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
   t.equal(afterClose.match(/HTTP\/1\.1 /g)?.length, 1, 'and only it')
   t.notOk(upstream.received.some((r) => r.url === '/crm/customers/ignored'), 'the one after it is not forwarded')
   t.match(await g.waitForEvent((e) => e.event === 'access.denied' && /Connection: close/.test(String(e.detail))), { code: 'malformed_request', path: '' }, 'and is recorded as ignored')
+  // Once per connection, however many packets follow (each was an event, a flood for the trail).
+  const ignoredBefore = g.audit.filter((e) => /Connection: close/.test(String(e.detail))).length
+  const slowGrant = await g.issue({ resource: 'slow', scopes: ['GET /slow/**'], ttl: '10m' })
+  await exchangeInSteps(g.dataUrl, [
+    // Answered (504) after the slow resource's 500 ms: the junk comes while it is pending.
+    `GET /slow/closing2 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ${slowGrant.token}\r\nConnection: close\r\n\r\njunk1`,
+    'junk2',
+    'junk3',
+    'junk4',
+  ])
+  await sleep(200)
+  t.equal(g.audit.filter((e) => /Connection: close/.test(String(e.detail))).length, ignoredBefore + 1, 'one event for all the ignored bytes of a connection')
 
   // A chunked body answered early, then bad chunk bytes: no second, unsolicited response.
   const early = await exchangeInSteps(g.dataUrl, [
@@ -471,7 +491,7 @@ t.test('requests the HTTP parser refuses: coded JSON, audited, counted, nothing 
   t.equal(g.audit.filter((e) => e.path === '/crm/tickets/big').length, 1, 'one event for the refused upload')
   const metrics = (await call(`${g.controlUrl}/metrics`)).text
   t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="request_header_too_large"\} 2/)
-  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 9/)
+  t.match(metrics, /jitgate_requests_total\{resource="",decision="deny",code="malformed_request"\} 10/)
 })
 
 t.test('CONNECT and a second Host header are refused, coded and audited, nothing forwarded', async (t) => {

@@ -36,6 +36,11 @@ async function startStreamingUpstream(t: Test): Promise<Upstream> {
       res.on('close', () => clearInterval(timer))
       return
     }
+    if (req.url === '/exports/nolength') {
+      // Chunked here, so no length for an HTTP/1.0 client: its response ends with the connection.
+      setTimeout(() => (res.write('no '), res.end('length')), 100)
+      return
+    }
     if (req.url === '/exports/slow') {
       const timer = setTimeout(() => res.end('late'), 3_000)
       res.on('close', () => clearTimeout(timer))
@@ -172,4 +177,20 @@ t.test("cutting a response under way ends the requests pipelined behind it, anot
   t.match(evB, { code: 'client_aborted', detail: /connection cut by the gateway/ }, "B's event says the gateway ended it")
   await upstream.closed('/exports/slow')
   t.pass("B's upstream request was dropped with it")
+})
+
+t.test('a response pipelined behind one that ends the connection is never audited as sent', async (t) => {
+  const upstream = await startStreamingUpstream(t)
+  const g = await startTestGateway(t, { policy: POLICY, upstream: upstream.url })
+  const grant = await g.issue({ resource: 'exports', scopes: ['GET /exports/**'], ttl: '10m' })
+  // The exact input of a finding: HTTP/1.0 keep-alive, the first answer without a length (so it
+  // ends with the connection), a second request behind it. The second was forwarded and audited
+  // as a 200 the client never got.
+  const auth = `Authorization: Bearer ${grant.token}\r\n`
+  const both = rawClient(g, `GET /exports/nolength HTTP/1.0\r\nConnection: keep-alive\r\n${auth}\r\nGET /exports/upload HTTP/1.0\r\nConnection: keep-alive\r\n${auth}\r\n`)
+  const text = await both.text
+  t.equal(text.match(/HTTP\/1\.1 /g)?.length, 1, 'one answer reaches the client')
+  t.match(text, /no length$/, 'the first, whole')
+  const ev = await g.waitForEvent((e) => e.event === 'access.allowed' && e.path === '/exports/upload', 3000)
+  t.match(ev, { code: 'client_aborted', status: 499, detail: /not forwarded|could be sent/ }, 'the second is not audited as sent')
 })
