@@ -107,7 +107,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
    */
   function refuse(res: ServerResponse, code: DenyCode, requestId: string): void {
     writeDeny(res, code, requestId)
-    if (closesConnection(res)) closing.add(res.req.socket)
+    if (closesConnection(res)) endsAfterRefusal.add(res.req.socket)
   }
 
   function cutCall(call: InFlightCall, code: DenyCode, detail: string): boolean {
@@ -150,7 +150,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
   sweep.unref()
 
   // Connections a refusal on them ends (after it is sent): requests pipelined behind it are not forwarded.
-  const closing = new WeakSet<Socket>()
+  const endsAfterRefusal = new WeakSet<Socket>()
 
   // Connections whose bytes after a `Connection: close` request were recorded as ignored.
   const ignoredAfterClose = new WeakSet<Socket>()
@@ -257,11 +257,11 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
     if (expectContinue) res.writeContinue()
     let outcome: ForwardOutcome
     let cutCode: DenyCode | undefined
-    if (cutByGateway.has(connection) || closing.has(connection) || closingBefore(connection, res)) {
+    if (cutByGateway.has(connection) || endsAfterRefusal.has(connection) || queuedBehindClosingResponse(connection, res)) {
       // Pipelined behind a response that ends the connection (a refusal of an `Expect:
       // 100-continue` request, one answered while its body was still coming, a cut): this answer
       // could never be sent, so nothing is forwarded for it.
-      outcome = { ok: false, code: 'client_aborted', upstreamMs: 0, detail: CLOSING, responseStarted: true }
+      outcome = { ok: false, code: 'client_aborted', upstreamMs: 0, detail: NOT_FORWARDED_BEHIND_CLOSE, responseStarted: true }
     } else {
       // Each request has read the grant afresh: its expiry is the latest (an extension moves it).
       if (flight === undefined) inFlight.set(grantId, (flight = { expiresAt: d.grant.expiresAt, calls: new Set() }))
@@ -292,7 +292,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
         // connection ends with this answer.
         if (!req.complete) {
           res.shouldKeepAlive = false
-          closing.add(connection)
+          endsAfterRefusal.add(connection)
         }
         writeDeny(res, failed, requestId)
       }
@@ -529,7 +529,7 @@ export function createDataPlane(deps: DataPlaneDeps): DataPlane {
 
 const PIPELINED = 'pipelined behind a request still being answered: connection cut'
 const CUT_BY_GATEWAY = 'connection cut by the gateway: another request on it was refused or cut'
-const CLOSING = 'pipelined behind a response that closes the connection: not forwarded'
+const NOT_FORWARDED_BEHIND_CLOSE = 'pipelined behind a response that closes the connection: not forwarded'
 
 /** A response to an earlier request on this connection is still being written. */
 function responsePending(socket: Duplex): boolean {
@@ -540,7 +540,7 @@ function responsePending(socket: Duplex): boolean {
  * `res` waits behind another request's response on its connection, and that one closes the
  * connection: `res` would never be sent. (A connection already gone is the forwarder's to see.)
  */
-function closingBefore(socket: Socket, res: ServerResponse): boolean {
+function queuedBehindClosingResponse(socket: Socket, res: ServerResponse): boolean {
   const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
   return current != null && current !== res && closesConnection(current)
 }
